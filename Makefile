@@ -1,0 +1,68 @@
+# The two commands a user needs: `make demo` and `make test`. Everything else here serves them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+LAB_SCALE ?= small
+
+export PATH := $(BIN):$(PATH)
+export PG_BINDIR
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 0
+export PY_COLORS ?= 0
+
+LAB_INVENTORIES := -i inventories/lab/staging -i inventories/lab/production
+
+.PHONY: help venv lab lab-down demo test lint yamllint ansible-lint ruff pytest molecule clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
+	@test -x $(PG_BINDIR)/initdb || { echo "PostgreSQL server binaries not found in $(PG_BINDIR) (set PG_BINDIR)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP) ## Create .venv with the pinned toolchain.
+
+lab: venv ## Start the lab: staging (55432) and production (55433) clusters with data.
+	ansible-playbook $(LAB_INVENTORIES) playbooks/lab.yml -e lab_scale=$(LAB_SCALE)
+
+lab-down: venv ## Stop the lab clusters and remove their data.
+	ansible-playbook $(LAB_INVENTORIES) playbooks/lab.yml -e lab_state=absent
+
+demo: lab ## Start the lab and run the pipeline on lab staging, then lab production.
+	ansible-playbook -i inventories/lab/staging playbooks/migrate.yml
+	ansible-playbook -i inventories/lab/production playbooks/migrate.yml
+
+test: lint pytest molecule ## Every check: yamllint, ansible-lint, ruff, pytest, molecule.
+
+lint: yamllint ansible-lint ruff
+
+yamllint: venv
+	yamllint --strict .
+
+ansible-lint: venv
+	ansible-lint --profile production --strict
+
+ruff: venv
+	ruff check .
+	ruff format --check .
+
+pytest: venv
+	pytest
+
+molecule: venv
+	molecule test --all
+
+clean: lab-down ## Stop the lab and remove the virtualenv.
+	rm -rf $(VENV) .cache
