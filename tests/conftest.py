@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import sys
+from contextlib import closing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +41,49 @@ def dbname(pg: PgCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     pg.create_database(name)
     yield name
     pg.drop_database(name)
+
+
+# --- Alembic and seed data, shared by every suite -------------------------------------------------------
+
+SEED_SQL = ROOT / "roles" / "lab" / "files" / "seed.sql"
+TINY_SCALE = {"users": 200, "meetings": 1000, "participants": 2000}
+
+
+def run_alembic(
+    pg: PgCluster,
+    dbname: str,
+    *args: str,
+    url: str | None = None,
+    env_extra: dict | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """The real Alembic CLI against a fixture database (URL in the environment, never argv)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIGRATION_", "PG"))}
+    env["DATABASE_URL"] = url if url is not None else pg.url(dbname)
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"alembic {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def seed(pg: PgCluster, dbname: str, scale: dict | None = None) -> None:
+    """Load the lab's seed data (as the migration role, so it owns the rows' tables)."""
+    with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
+        cur.execute(SEED_SQL.read_text(), scale or TINY_SCALE)
+        conn.commit()
+
+
+@pytest.fixture
+def seeded_db(pg: PgCluster, dbname: str) -> str:
+    """A database at revision 0001 with tiny realistic data: the chain's starting point."""
+    run_alembic(pg, dbname, "upgrade", "0001")
+    seed(pg, dbname)
+    return dbname

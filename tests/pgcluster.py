@@ -140,7 +140,9 @@ class PgCluster:
     def create_database(self, name: str) -> None:
         """A database owned by the migration role, whose public schema it owns too."""
         with contextlib.closing(self.superuser_conn()) as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(MIGRATOR)))
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(MIGRATOR))
+            )
         with contextlib.closing(self.superuser_conn(name)) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(MIGRATOR)))
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP)))
