@@ -154,7 +154,8 @@ class PgCluster:
             )
             cur.execute(
                 sql.SQL(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {}"
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                    "GRANT USAGE, SELECT ON SEQUENCES TO {}"
                 ).format(sql.Identifier(MIGRATOR), sql.Identifier(APP))
             )
 
