@@ -1,0 +1,124 @@
+#!/usr/bin/python
+"""Write the run report of one database's pipeline run."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: run_report
+short_description: Write a pipeline run's JSON report and human summary.
+description:
+  - Assembles every step's result into one JSON document and a short text summary, writes both into
+    O(report_dir) (created 0700, files 0600), and returns the summary lines for the play to print.
+  - Secrets are never written; step results pass through a scrubber that drops password-like keys.
+options:
+  report_dir:
+    description: Directory for the report files.
+    type: path
+    required: true
+  host:
+    description: Inventory name of the database host.
+    type: str
+    required: true
+  environment:
+    description: The environment (staging, production, ...).
+    type: str
+    required: true
+  database:
+    description: The database name.
+    type: str
+    required: true
+  outcome:
+    description: How the run ended.
+    type: str
+    required: true
+    choices: [succeeded, dry-run, refused, failed-and-restored, failed-restore-failed, deferred]
+  steps:
+    description: Step name (preflight, backup, migrate, smoke, restore) to that step's result.
+    type: dict
+    default: {}
+  failed_step:
+    description: The step that failed, if any.
+    type: str
+    default: ""
+  error:
+    description: The failure's one-line cause.
+    type: str
+    default: ""
+"""
+
+EXAMPLES = r"""
+- name: Write the run report.
+  run_report:
+    report_dir: /var/lib/pg-migrate/reports
+    host: "{{ inventory_hostname }}"
+    environment: staging
+    database: meetings
+    outcome: succeeded
+    steps:
+      preflight: "{{ db_preflight_result }}"
+"""
+
+RETURN = r"""
+json_path:
+  description: Path of the JSON report.
+  type: str
+  returned: always
+text_path:
+  description: Path of the human summary.
+  type: str
+  returned: always
+summary:
+  description: The summary lines.
+  type: list
+  elements: str
+  returned: always
+report:
+  description: The JSON document.
+  type: dict
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.report import OUTCOMES, build_report, summary_lines, write_report
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            report_dir=dict(type="path", required=True),
+            host=dict(type="str", required=True),
+            environment=dict(type="str", required=True),
+            database=dict(type="str", required=True),
+            outcome=dict(type="str", required=True, choices=list(OUTCOMES)),
+            steps=dict(type="dict", default={}),
+            failed_step=dict(type="str", default=""),
+            error=dict(type="str", default=""),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        report = build_report(
+            host=p["host"],
+            environment=p["environment"],
+            database=p["database"],
+            outcome=p["outcome"],
+            steps=p["steps"],
+            failed_step=p["failed_step"],
+            error=p["error"],
+        )
+        json_path, text_path = write_report(p["report_dir"], report)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=f"cannot write the run report into {p['report_dir']}: {exc}")
+    module.exit_json(
+        changed=True,
+        json_path=str(json_path),
+        text_path=str(text_path),
+        summary=summary_lines(report),
+        report=report,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The run report: one JSON document and a short human summary per run and database.
+
+The playbook hands every step's result here once, at the end (its `always:` section), so the report
+is written whether the run succeeded, was refused, or failed and was restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+OUTCOMES = (
+    "succeeded",
+    "dry-run",
+    "refused",
+    "failed-and-restored",
+    "failed-restore-failed",
+    "deferred",
+)
+
+STEPS = ("preflight", "backup", "migrate", "smoke", "restore")
+
+# Keys a step result may carry that must never reach a report (defence in depth: modules don't return them).
+_SECRET_KEYS = {"password", "login_password", "db_migration_password", "db_app_password", "pgpass"}
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k.lower() not in _SECRET_KEYS and k != "invocation"}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _seconds(result: dict | None) -> float | None:
+    if not result:
+        return None
+    value = result.get("duration_seconds")
+    return round(float(value), 2) if value is not None else None
+
+
+def build_report(
+    *,
+    host: str,
+    environment: str,
+    database: str,
+    outcome: str,
+    steps: dict[str, dict | None],
+    failed_step: str = "",
+    error: str = "",
+    finished_at: datetime | None = None,
+) -> dict:
+    """Assemble the JSON document; pure, so it is tested without files."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown step(s) {', '.join(sorted(unknown))}; expected {', '.join(STEPS)}")
+    preflight = steps.get("preflight") or {}
+    migrate = steps.get("migrate") or {}
+    backup = steps.get("backup") or {}
+    restore = steps.get("restore") or {}
+    finished = (finished_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "format_version": 1,
+        "run_id": preflight.get("run_id", ""),
+        "host": host,
+        "environment": environment,
+        "database": database,
+        "outcome": outcome,
+        "finished_at": finished,
+        "failed_step": failed_step,
+        "error": error,
+        "revision_from": migrate.get("revision_before", preflight.get("current_revision")),
+        "revision_to": migrate.get("revision_after", preflight.get("current_revision")),
+        "target_revision": preflight.get("target_revision"),
+        "applied": migrate.get("applied", []),
+        "backup": {"manifest": backup.get("manifest_path"), "archive": backup.get("archive")},
+        "restore": {
+            "restored_database": restore.get("restored_database"),
+            "forensic_database": restore.get("forensic_database"),
+        },
+        "timings": {name: _seconds(steps.get(name)) for name in STEPS if steps.get(name)},
+        "steps": {name: _scrub(result) for name, result in steps.items() if result},
+    }
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The short human summary printed at the end of the run and saved beside the JSON."""
+    lines = [
+        f"{report['environment']} {report['database']} ({report['host']}): {report['outcome'].upper()}",
+        f"  run {report['run_id'] or '-'}, revision {report['revision_from'] or 'base'} -> "
+        f"{report['revision_to'] or 'base'} (target {report['target_revision'] or '-'})",
+    ]
+    for entry in report["applied"]:
+        lines.append(f"  applied {entry['revision']} in {entry['seconds']:.2f}s")
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items() if v is not None)
+    if timings:
+        lines.append(f"  timings: {timings}")
+    if report["failed_step"]:
+        lines.append(f"  failed at {report['failed_step']}: {report['error']}")
+    if report["backup"]["manifest"]:
+        lines.append(f"  backup manifest: {report['backup']['manifest']}")
+    if report["restore"]["restored_database"]:
+        lines.append(
+            f"  restored {report['restore']['restored_database']} from the backup; "
+            f"failed database kept as {report['restore']['forensic_database'] or '(dropped)'}"
+        )
+    return lines
+
+
+def write_report(report_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
+    """Write `<run_id>__<environment>__<host>.json` and `.txt`; the directory is created 0700."""
+    directory = Path(report_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_id = report["run_id"] or report["finished_at"].replace(":", "")
+    stem = f"{run_id}__{report['environment']}__{report['host']}"
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)
+    json_path = directory / f"{stem}.json"
+    text_path = directory / f"{stem}.txt"
+    for path, content in (
+        (json_path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"),
+        (text_path, "\n".join(summary_lines(report)) + "\n"),
+    ):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+    return json_path, text_path

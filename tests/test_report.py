@@ -1,0 +1,78 @@
+"""The run report: what it records, what it never records, where it lands."""
+
+import json
+import stat
+from datetime import UTC, datetime
+
+import pytest
+
+from module_utils.report import build_report, summary_lines, write_report
+
+STEPS = {
+    "preflight": {
+        "run_id": "20261125T142233Z-ab12",
+        "current_revision": "0001",
+        "target_revision": "0005",
+        "duration_seconds": 0.4,
+    },
+    "backup": {
+        "manifest_path": "/b/x.json",
+        "archive": "/b/x.dump",
+        "duration_seconds": 1.25,
+        "invocation": {"module_args": {"login_password": "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"}},
+    },
+    "migrate": {
+        "revision_before": "0001",
+        "revision_after": "0003",
+        "applied": [{"revision": "0002", "seconds": 1.5}, {"revision": "0003", "seconds": 0.5}],
+        "duration_seconds": 2.0,
+        "password": "s3cret",
+    },
+}
+
+
+def _report(**kw):
+    args = dict(
+        host="h1",
+        environment="staging",
+        database="meetings",
+        outcome="failed-and-restored",
+        steps=STEPS,
+        failed_step="smoke",
+        error="smoke check 'orders' failed",
+        finished_at=datetime(2026, 11, 25, tzinfo=UTC),
+    )
+    args.update(kw)
+    return build_report(**args)
+
+
+def test_report_records_revisions_timings_and_failure():
+    report = _report()
+    assert report["revision_from"] == "0001" and report["revision_to"] == "0003"
+    assert report["timings"] == {"preflight": 0.4, "backup": 1.25, "migrate": 2.0}
+    assert report["failed_step"] == "smoke"
+    lines = summary_lines(report)
+    assert lines[0] == "staging meetings (h1): FAILED-AND-RESTORED"
+    assert "  applied 0002 in 1.50s" in lines
+    assert any("failed at smoke: smoke check 'orders' failed" in line for line in lines)
+
+
+def test_report_never_carries_secrets():
+    text = json.dumps(_report())
+    assert "s3cret" not in text and "invocation" not in text
+
+
+def test_unknown_outcome_and_step_are_refused():
+    with pytest.raises(ValueError, match="unknown outcome 'maybe'"):
+        _report(outcome="maybe")
+    with pytest.raises(ValueError, match="unknown step"):
+        _report(steps={"teleport": {}})
+
+
+def test_written_files_are_private(tmp_path):
+    json_path, text_path = write_report(tmp_path / "reports", _report())
+    assert stat.S_IMODE((tmp_path / "reports").stat().st_mode) == 0o700
+    for path in (json_path, text_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json_path.name == "20261125T142233Z-ab12__staging__h1.json"
+    assert json.loads(json_path.read_text())["outcome"] == "failed-and-restored"
