@@ -1,0 +1,160 @@
+#!/usr/bin/python
+"""Pre-flight of a migration: read the chain and the database, refuse a bad plan, change nothing."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: alembic_status
+short_description: Plan an Alembic upgrade from the chain and the database's revision, changing nothing.
+description:
+  - Reads the chain of the Alembic project at O(alembic_config) in-process (no database needed), connects as
+    the migration role, reads the current revision (no version table means C(base)) and works out the
+    revisions an upgrade to O(target) would apply.
+  - Refuses, with one line each, a database at a revision the chain does not contain, a target the chain
+    does not contain, a chain with several heads, a target behind the current revision (downgrades are not
+    this module's business), and a connection that fails (wrong password, unreachable server).
+  - Never writes to the database; C(changed) is always false.
+options:
+  alembic_config:
+    description: The project's C(alembic.ini); a relative C(script_location) is read from its directory.
+    type: path
+    required: true
+  target:
+    description: The revision to reach, C(head) or a full revision id of the chain.
+    type: str
+    default: head
+  version_table:
+    description: Alembic's version table (as the project's env.py names it).
+    type: str
+    default: alembic_version
+  run_id:
+    description: Identifier of this run; empty makes one (UTC timestamp plus 6 random hex digits).
+    type: str
+    default: ""
+  login_host:
+    description: Database server host.
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: Database server port.
+    type: int
+    default: 5432
+  login_db:
+    description: The target database.
+    type: str
+    required: true
+  login_user:
+    description: The migration role.
+    type: str
+    required: true
+  login_password:
+    description: The migration role's password (never logged or returned).
+    type: str
+    default: ""
+  connect_timeout:
+    description: Seconds to wait for a connection.
+    type: int
+    default: 10
+"""
+
+EXAMPLES = r"""
+- name: Plan the upgrade to head.
+  alembic_status:
+    alembic_config: /srv/app/alembic.ini
+    login_host: 127.0.0.1
+    login_port: 5432
+    login_db: meetings
+    login_user: meetings_owner
+    login_password: "{{ vault_db_migration_password }}"
+  no_log: true
+  register: plan
+"""
+
+RETURN = r"""
+run_id:
+  description: Identifier of this run.
+  type: str
+  returned: success
+  sample: 20261125T142233Z-3fa9c1
+current_revision:
+  description: The database's revision, C(base) when it has none.
+  type: str
+  returned: success
+  sample: "0001"
+target_revision:
+  description: The target, resolved (C(head) becomes the head's id).
+  type: str
+  returned: success
+  sample: "0005"
+pending:
+  description: Revisions an upgrade would apply, in order.
+  type: list
+  elements: str
+  returned: success
+  sample: ["0002", "0003"]
+chain:
+  description: Every revision of the chain, base to head.
+  type: list
+  elements: str
+  returned: success
+server_version:
+  description: PostgreSQL server version.
+  type: str
+  returned: success
+  sample: "15.19"
+database_size_bytes:
+  description: Size of the database in bytes.
+  type: int
+  returned: success
+database_size:
+  description: Size of the database, human-readable.
+  type: str
+  returned: success
+  sample: 42 MB
+duration_seconds:
+  description: How long the pre-flight took.
+  type: float
+  returned: success
+"""
+
+import time
+
+from ansible.module_utils.alembic_runner import MigrationError, new_run_id, preflight
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            alembic_config=dict(type="path", required=True),
+            target=dict(type="str", default="head"),
+            version_table=dict(type="str", default="alembic_version"),
+            run_id=dict(type="str", default=""),
+            **CONN_ARGSPEC,
+        ),
+        supports_check_mode=True,
+    )
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    started = time.monotonic()
+    try:
+        facts = preflight(
+            module.params["alembic_config"],
+            ConnInfo.from_params(module.params),
+            module.params["target"],
+            module.params["version_table"],
+        )
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(
+        changed=False,
+        run_id=module.params["run_id"] or new_run_id(),
+        duration_seconds=round(time.monotonic() - started, 3),
+        **facts,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+#!/usr/bin/python
+"""Apply an Alembic chain's pending revisions one at a time, timing each, with a progress file."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: alembic_upgrade
+short_description: Upgrade a database with the real Alembic CLI, one revision at a time.
+description:
+  - Plans like M(alembic_status), then runs C(python -m alembic -c <config> upgrade <rev>) for each pending
+    revision in order, timing each, with a URL without password in C(DATABASE_URL) and a private PGPASSFILE.
+  - Appends human-readable progress (including Alembic's own log lines, such as batch progress) to
+    O(progress_file) while it runs, so an operator can C(tail -f) it.
+  - On failure returns C(failed) with one line naming the revision that failed and the root error, the
+    revisions applied before it, and the revision the database is at now (also as data).
+  - In check mode changes nothing and returns the pending revisions and their offline SQL
+    (C(alembic upgrade <from>:<to> --sql)).
+  - At the target already, returns C(changed=false).
+options:
+  alembic_config:
+    description: Path of the project's C(alembic.ini); Alembic runs from its directory.
+    type: path
+    required: true
+  target:
+    description: The revision to reach, C(head) or a full revision id of the chain.
+    type: str
+    default: head
+  lock_timeout:
+    description: Passed as C(-x lock_timeout=); empty leaves env.py's default.
+    type: str
+    default: ""
+  statement_timeout:
+    description: Passed as C(-x statement_timeout=); empty leaves env.py's default.
+    type: str
+    default: ""
+  batch_size:
+    description: Passed as C(-x batch_size=); 0 leaves env.py's default.
+    type: int
+    default: 0
+  batch_sleep:
+    description: Passed as C(-x batch_sleep=) (pause between backfill batches); empty leaves env.py's default.
+    type: str
+    default: ""
+  progress_file:
+    description: File to append progress lines to (created 0600); empty for none.
+    type: path
+    default: ""
+  version_table:
+    description: Alembic's version table (as the project's env.py names it).
+    type: str
+    default: alembic_version
+  login_host:
+    description: Database server host.
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: Database server port.
+    type: int
+    default: 5432
+  login_db:
+    description: The target database.
+    type: str
+    required: true
+  login_user:
+    description: The migration role.
+    type: str
+    required: true
+  login_password:
+    description: The migration role's password (goes to Alembic through a private PGPASSFILE only).
+    type: str
+    default: ""
+  connect_timeout:
+    description: Seconds to wait for a connection.
+    type: int
+    default: 10
+"""
+
+EXAMPLES = r"""
+- name: Upgrade the database to head.
+  alembic_upgrade:
+    alembic_config: /srv/app/alembic.ini
+    lock_timeout: 5s
+    progress_file: /var/lib/pg-migrate/progress/meetings.log
+    login_db: meetings
+    login_user: meetings_owner
+    login_password: "{{ vault_db_migration_password }}"
+  no_log: true
+  register: upgrade
+"""
+
+RETURN = r"""
+revision_before:
+  description: The database's revision before the run (C(base) when none).
+  type: str
+  returned: always
+revision_after:
+  description: The database's revision after the run (where it stopped, on failure).
+  type: str
+  returned: always
+target_revision:
+  description: The target, resolved.
+  type: str
+  returned: always
+pending:
+  description: Revisions the run set out to apply, in order.
+  type: list
+  elements: str
+  returned: always
+applied:
+  description: Revisions applied, each with its duration.
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"revision": "0002", "seconds": 1.25}]
+row_count_changes:
+  description: Merged C(row_count_changes) declarations of the applied (or, in check mode, pending) revisions.
+  type: dict
+  returned: always
+sql:
+  description: Offline SQL of the pending revisions (check mode only).
+  type: str
+  returned: always
+failed_revision:
+  description: The revision that failed.
+  type: str
+  returned: failure
+error:
+  description: The root error of the failing revision (last meaningful line of Alembic's output).
+  type: str
+  returned: failure
+duration_seconds:
+  description: How long the module ran.
+  type: float
+  returned: always
+"""
+
+import time
+
+from ansible.module_utils.alembic_runner import MigrationError, Options, upgrade
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            alembic_config=dict(type="path", required=True),
+            target=dict(type="str", default="head"),
+            lock_timeout=dict(type="str", default=""),
+            statement_timeout=dict(type="str", default=""),
+            batch_size=dict(type="int", default=0),
+            batch_sleep=dict(type="str", default=""),
+            progress_file=dict(type="path", default=""),
+            version_table=dict(type="str", default="alembic_version"),
+            **CONN_ARGSPEC,
+        ),
+        supports_check_mode=True,
+    )
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    p = module.params
+    started = time.monotonic()
+    try:
+        result = upgrade(
+            p["alembic_config"],
+            ConnInfo.from_params(p),
+            target=p["target"],
+            options=Options(
+                lock_timeout=p["lock_timeout"] or None,
+                statement_timeout=p["statement_timeout"] or None,
+                batch_size=p["batch_size"] or None,
+                batch_sleep=p["batch_sleep"] or None,
+            ),
+            progress_file=p["progress_file"] or None,
+            check_mode=module.check_mode,
+            version_table=p["version_table"],
+        )
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    result["duration_seconds"] = round(time.monotonic() - started, 3)
+    if result.pop("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+"""Read an Alembic chain, plan an upgrade, and apply it one revision at a time.
+
+The chain is read in-process with ``alembic.script.ScriptDirectory`` (no database needed), so the
+pre-flight can refuse a bad plan before anything is backed up. Migrations themselves run through the
+real Alembic CLI in a child process: that is what users run by hand, it keeps the project's ``env.py``
+in charge of timeouts and locking, and a crash in a revision cannot take the Ansible module down with
+it. The child gets a URL without a password plus a private PGPASSFILE (``pgconn.pgpass_env``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+try:  # inside an Ansible module (AnsiballZ ships module_utils under ansible.module_utils)
+    from ansible.module_utils import pgconn
+except ImportError:  # imported directly, as the tests do
+    from module_utils import pgconn  # type: ignore[no-redef]
+
+BASE = "base"
+
+# How the root cause of a failed Alembic run looks in its output, and what to skip when it is missing.
+_EXCEPTION_LINE = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Failure|Warning)\w*): (?P<msg>.+)$"
+)
+_WRAPPED_DBAPI = re.compile(r"^\((?P<type>[\w.]+)\) (?P<msg>.+)$")
+_NOISE_PREFIXES = ("[SQL:", "[parameters:", "(Background on this error", "Traceback ", "  File ", "    ")
+
+
+class MigrationError(Exception):
+    """A refusal or failure whose message is one line an operator can act on."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What the pipeline needs to know about an Alembic project, read once."""
+
+    config_path: str
+    location: str
+    revisions: list[str]  # base -> head, topologically ordered
+    heads: list[str]
+    parents: dict[str, list[str]]
+    row_count_changes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def ancestors(self, revision: str | None) -> set[str]:
+        """The revision and everything below it (what `alembic upgrade <revision>` leaves applied)."""
+        seen: set[str] = set()
+        todo = [revision] if revision else []
+        while todo:
+            rev = todo.pop()
+            if rev not in seen:
+                seen.add(rev)
+                todo.extend(self.parents.get(rev, []))
+        return seen
+
+
+@contextlib.contextmanager
+def _in_directory(path: str) -> Iterator[None]:
+    """Alembic resolves relative script_location against the cwd; users expect the ini's directory."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def load_chain(config_path: str) -> Chain:
+    """Read revisions, heads and `row_count_changes` declarations without touching a database."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config_path = os.path.abspath(config_path)
+    if not os.path.isfile(config_path):
+        raise MigrationError(f"alembic config {config_path} does not exist")
+    try:
+        with _in_directory(os.path.dirname(config_path)):
+            script = ScriptDirectory.from_config(Config(config_path))
+            location = os.path.abspath(script.dir)
+            ordered = list(reversed(list(script.walk_revisions("base", "heads"))))
+            heads = list(script.get_heads())
+    except MigrationError:
+        raise
+    except Exception as exc:  # a syntax error in a revision, a missing directory, a cycle...
+        raise MigrationError(f"cannot read the migration chain of {config_path}: {_one_line(exc)}") from exc
+    if not ordered:
+        raise MigrationError(f"the chain at {location} has no revisions")
+    changes: dict[str, dict[str, str]] = {}
+    for sc in ordered:
+        declared = getattr(sc.module, "row_count_changes", None)
+        if declared:
+            changes[sc.revision] = {str(k): str(v) for k, v in dict(declared).items()}
+    return Chain(
+        config_path=config_path,
+        location=location,
+        revisions=[sc.revision for sc in ordered],
+        heads=heads,
+        parents={sc.revision: _down_revisions(sc.down_revision) for sc in ordered},
+        row_count_changes=changes,
+    )
+
+
+def _down_revisions(down: str | tuple | list | None) -> list[str]:
+    if down is None:
+        return []
+    return [down] if isinstance(down, str) else list(down)
+
+
+# --- Reading the database ------------------------------------------------------------------------------
+
+
+def read_current_revision(conn, version_table: str = "alembic_version") -> str | None:
+    """The database's revision, None when it has never been migrated (no version table, or empty)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", [version_table])
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute(pgconn.sql.SQL("SELECT version_num FROM {}").format(_qualified(version_table)))
+        rows = [r[0] for r in cur.fetchall()]
+    if len(rows) > 1:
+        raise MigrationError(
+            f"database has several current revisions ({', '.join(sorted(rows))}): a branched history "
+            "is not supported by this pipeline"
+        )
+    return rows[0] if rows else None
+
+
+def _qualified(name: str):
+    return pgconn.sql.SQL(".").join(pgconn.ident(part) for part in name.split(".", 1))
+
+
+def server_facts(conn) -> dict:
+    """Figures the report wants from the pre-flight: version and size, read once."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int,"
+            " pg_database_size(current_database()), pg_size_pretty(pg_database_size(current_database()))"
+        )
+        version, version_num, size, pretty = cur.fetchone()
+    return {
+        "server_version": version.split()[0],
+        "server_version_num": version_num,
+        "database_size_bytes": size,
+        "database_size": pretty,
+    }
+
+
+def connect_or_explain(ci: pgconn.ConnInfo):
+    """A connection, or a MigrationError carrying pgconn's one-line explanation."""
+    try:
+        return pgconn.connect(ci)
+    except Exception as exc:
+        raise MigrationError(pgconn.explain_connect_error(ci, exc)) from exc
+
+
+# --- Planning ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    current: str | None
+    target: str
+    pending: list[str]
+
+    @property
+    def current_label(self) -> str:
+        return self.current or BASE
+
+
+def resolve_target(chain: Chain, target: str) -> str:
+    """'head' -> the single head id; anything else must be a revision id of the chain, spelled fully."""
+    if len(chain.heads) != 1:
+        raise MigrationError(
+            f"the chain at {chain.location} has several heads ({', '.join(sorted(chain.heads))}): "
+            "merge them (alembic merge) before migrating"
+        )
+    if target in ("head", "heads"):
+        return chain.heads[0]
+    if target not in chain.revisions:
+        raise MigrationError(
+            f"target revision {target!r} is not in the chain at {chain.location} "
+            f"(it has {_span(chain.revisions)})"
+        )
+    return target
+
+
+def _span(revisions: list[str]) -> str:
+    return f"{len(revisions)} revision(s), {revisions[0]} .. {revisions[-1]}"
+
+
+def plan(chain: Chain, current: str | None, target: str) -> Plan:
+    """What an upgrade from `current` to `target` applies, in order; refusals are one line each."""
+    resolved = resolve_target(chain, target)
+    if current is not None and current not in chain.revisions:
+        raise MigrationError(
+            f"database is at {current}, which the chain at {chain.location} does not contain"
+        )
+    below_current = chain.ancestors(current)
+    if current is not None and resolved != current and resolved in below_current:
+        raise MigrationError(
+            f"target {resolved} is behind the database's current revision {current}: this pipeline "
+            "only upgrades (restore a backup or run a reviewed downgrade by hand)"
+        )
+    below_target = chain.ancestors(resolved)
+    if current is not None and current not in below_target:
+        raise MigrationError(
+            f"target {resolved} does not descend from the database's current revision {current}"
+        )
+    pending = [rev for rev in chain.revisions if rev in below_target and rev not in below_current]
+    return Plan(current=current, target=resolved, pending=pending)
+
+
+def preflight(
+    config_path: str, ci: pgconn.ConnInfo, target: str = "head", version_table: str = "alembic_version"
+) -> dict:
+    """Everything the pre-flight checks, read-only: chain, connection, current revision, plan."""
+    chain = load_chain(config_path)
+    conn = connect_or_explain(ci)
+    try:
+        current = read_current_revision(conn, version_table)
+        facts = server_facts(conn)
+    finally:
+        conn.close()
+    p = plan(chain, current, target)
+    return {
+        "current_revision": p.current_label,
+        "target_revision": p.target,
+        "pending": p.pending,
+        "chain": chain.revisions,
+        "alembic_config": chain.config_path,
+        "script_location": chain.location,
+        **facts,
+    }
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable and unique enough to name a run's backups and reports: UTC timestamp + 6 hex digits."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{os.urandom(3).hex()}"
+
+
+# --- Running the Alembic CLI ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """The `-x` knobs of the project contract; None means "let env.py use its default"."""
+
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
+    batch_size: int | None = None
+    batch_sleep: str | None = None
+
+    def x_args(self) -> list[str]:
+        args: list[str] = []
+        for key in ("lock_timeout", "statement_timeout", "batch_size", "batch_sleep"):
+            value = getattr(self, key)
+            if value not in (None, ""):
+                args += ["-x", f"{key}={value}"]
+        return args
+
+
+class Progress:
+    """Appends human-readable lines to a file the playbook (or an operator's tail -f) can follow."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.close(fd)
+
+    def line(self, text: str) -> None:
+        if not self.path:
+            return
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {text}\n")
+
+
+def alembic_argv(config_path: str, options: Options, *args: str, python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "alembic", "-c", config_path, *options.x_args(), *args]
+
+
+def _child_env(ci: pgconn.ConnInfo, base: dict) -> dict:
+    env = {k: v for k, v in base.items() if not k.startswith("MIGRATION_")}
+    env["DATABASE_URL"] = ci.sqlalchemy_url()
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def root_error(output: list[str]) -> str:
+    """The line that says why Alembic failed: the last exception line, unwrapped from SQLAlchemy's."""
+    for raw in reversed(output):
+        line = raw.strip()
+        if line.startswith("FAILED:"):
+            return line[len("FAILED:") :].strip()
+        m = _EXCEPTION_LINE.match(line)
+        if m:
+            wrapped = _WRAPPED_DBAPI.match(m.group("msg"))
+            if wrapped and m.group("type").startswith("sqlalchemy."):
+                return f"{wrapped.group('type')}: {wrapped.group('msg')}"
+            return f"{m.group('type')}: {m.group('msg')}"
+    for raw in reversed(output):
+        if raw.strip() and not raw.startswith(_NOISE_PREFIXES) and "INFO  [" not in raw:
+            return raw.strip()
+    return "alembic exited with an error and printed nothing"
+
+
+def _run_streaming(argv: list[str], cwd: str, env: dict, on_line) -> tuple[int, list[str]]:
+    """Run a child, handing each output line to on_line as it comes; keep the tail for errors."""
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    with subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        rc = proc.wait()
+    return rc, list(tail)
+
+
+def merged_row_count_changes(chain: Chain, revisions: list[str]) -> dict[str, str]:
+    """Tables whose row count may shrink, from every revision that ran, reasons joined."""
+    merged: dict[str, str] = {}
+    for rev in revisions:
+        for table, reason in chain.row_count_changes.get(rev, {}).items():
+            merged[table] = f"{merged[table]}; {rev}: {reason}" if table in merged else f"{rev}: {reason}"
+    return merged
+
+
+def render_sql(
+    chain: Chain, ci: pgconn.ConnInfo, p: Plan, options: Options, python: str | None = None
+) -> tuple[str, list[dict]]:
+    """Offline SQL for each pending revision (`alembic upgrade prev:rev --sql`): nothing is written.
+
+    One call per revision, so a revision that cannot be rendered offline (a data loop that needs a
+    live connection) is named and the others still show their SQL.
+    """
+    parts: list[dict] = []
+    previous = p.current
+    with pgconn.pgpass_env(ci) as base_env:
+        env = _child_env(ci, base_env)
+        for rev in p.pending:
+            span = f"{previous}:{rev}" if previous else rev
+            proc = subprocess.run(
+                alembic_argv(chain.config_path, options, "upgrade", span, "--sql", python=python),
+                cwd=os.path.dirname(chain.config_path),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if proc.returncode == 0:
+                parts.append({"revision": rev, "sql": proc.stdout, "error": None})
+            else:
+                error = root_error((proc.stdout + proc.stderr).splitlines())
+                parts.append({"revision": rev, "sql": "", "error": error})
+            previous = rev
+    text = "\n".join(
+        part["sql"]
+        if part["error"] is None
+        else f"-- {part['revision']}: cannot render offline: {part['error']}"
+        for part in parts
+    )
+    return text, parts
+
+
+def upgrade(
+    config_path: str,
+    ci: pgconn.ConnInfo,
+    target: str = "head",
+    options: Options | None = None,
+    progress_file: str | None = None,
+    check_mode: bool = False,
+    version_table: str = "alembic_version",
+    python: str | None = None,
+) -> dict:
+    """Apply pending revisions one at a time; the result says what ran, how long, and where it stopped.
+
+    Returns a dict with `failed` and `msg` rather than raising for a failed revision, because the
+    caller (and the rescue that restores the backup) needs the partial progress as data.
+    """
+    options = options or Options()
+    progress = Progress(progress_file)
+    chain = load_chain(config_path)
+    conn = connect_or_explain(ci)
+    try:
+        current = read_current_revision(conn, version_table)
+    finally:
+        conn.close()
+    p = plan(chain, current, target)
+    result: dict = {
+        "changed": False,
+        "failed": False,
+        "revision_before": p.current_label,
+        "revision_after": p.current_label,
+        "target_revision": p.target,
+        "pending": p.pending,
+        "applied": [],
+        "row_count_changes": {},
+        "sql": "",
+        "alembic_config": chain.config_path,
+    }
+    if not p.pending:
+        progress.line(f"database already at {p.target}: nothing to apply")
+        result["msg"] = f"database already at {p.target}"
+        return result
+    if check_mode:
+        progress.line(f"check mode: rendering SQL for {', '.join(p.pending)}")
+        result["sql"], result["sql_by_revision"] = render_sql(chain, ci, p, options, python)
+        result["changed"] = True
+        result["row_count_changes"] = merged_row_count_changes(chain, p.pending)
+        result["msg"] = f"would apply {', '.join(p.pending)} ({p.current_label} -> {p.target})"
+        return result
+
+    total = len(p.pending)
+    progress.line(f"upgrading {p.current_label} -> {p.target}: {total} revision(s): {', '.join(p.pending)}")
+    with pgconn.pgpass_env(ci) as base_env:
+        env = _child_env(ci, base_env)
+        for n, rev in enumerate(p.pending, start=1):
+            progress.line(f"[{n}/{total}] {rev}: starting")
+            started = time.monotonic()
+            rc, tail = _run_streaming(
+                alembic_argv(chain.config_path, options, "upgrade", rev, python=python),
+                cwd=os.path.dirname(chain.config_path),
+                env=env,
+                on_line=lambda line, rev=rev: progress.line(f"[{rev}] {line}"),
+            )
+            seconds = round(time.monotonic() - started, 3)
+            if rc != 0:
+                return _failed(result, chain, ci, rev, seconds, root_error(tail), version_table, progress)
+            result["applied"].append({"revision": rev, "seconds": seconds})
+            result["revision_after"] = rev
+            result["changed"] = True
+            progress.line(f"[{n}/{total}] {rev}: done in {seconds:.2f}s")
+    result["row_count_changes"] = merged_row_count_changes(chain, [a["revision"] for a in result["applied"]])
+    result["msg"] = f"applied {', '.join(p.pending)} ({p.current_label} -> {p.target})"
+    progress.line(f"finished: database at {p.target}")
+    return result
+
+
+def _failed(
+    result: dict,
+    chain: Chain,
+    ci: pgconn.ConnInfo,
+    rev: str,
+    seconds: float,
+    error: str,
+    version_table: str,
+    progress: Progress,
+) -> dict:
+    """Fill in the failure: which revision, the root error, what ran before it, where the db is now."""
+    try:
+        conn = pgconn.connect(ci)
+        try:
+            now = read_current_revision(conn, version_table) or BASE
+        finally:
+            conn.close()
+    except Exception as exc:
+        now = f"unknown ({_one_line(exc)})"
+    applied = [a["revision"] for a in result["applied"]]
+    result.update(
+        failed=True,
+        failed_revision=rev,
+        failed_after_seconds=seconds,
+        error=error,
+        revision_after=now,
+        row_count_changes=merged_row_count_changes(chain, applied),
+    )
+    before = ", ".join(applied) if applied else "none"
+    result["msg"] = (
+        f"revision {rev} failed after {seconds:.1f}s: {error} "
+        f"(applied before it: {before}; database is now at {now})"
+    )
+    progress.line(f"FAILED: {result['msg']}")
+    return result
