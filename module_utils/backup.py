@@ -224,7 +224,7 @@ def check_space(path: str, database_size: int, factor: float) -> int:
     if needed > free:
         raise BackupError(
             f"not enough space in {path}: need {needed} bytes (database size {database_size} x space factor "
-            f"{factor}), {free} bytes free"
+            f"{factor:g}), {free} bytes free"
         )
     return needed
 
