@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from migrations import safe_ops
 from migrations.models import Base
@@ -72,6 +72,18 @@ def lock_holder(connection: sa.Connection, key: int) -> str:
         f"pid {pid}, application_name {app or '(none)'!r}, client {addr or 'local socket'}, "
         f"backend_start {started:%Y-%m-%d %H:%M:%S%z}"
     )
+
+
+def database_error(exc: BaseException) -> str:
+    """The first line of the database's own complaint, even when SQLAlchemy raised a follow-up error
+    (a killed session surfaces as PendingRollbackError while Alembic leaves its autocommit block)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError):
+            text = str(seen.orig or seen).strip()
+            return text.splitlines()[0] if text else type(seen.orig).__name__
+        seen = seen.__cause__ or seen.__context__
+    return str(exc).strip().splitlines()[0]
 
 
 def take_migration_lock(connection: sa.Connection) -> int:
@@ -140,10 +152,9 @@ def run_migrations_online(settings: safe_ops.Settings, url: str | None) -> None:
         try:
             with context.begin_transaction():
                 context.run_migrations()
-        except DBAPIError as exc:
+        except SQLAlchemyError as exc:
             log.debug("migration failed", exc_info=True)
-            first = str(exc.orig or exc).strip().splitlines()[0]
-            raise CommandError(f"migration failed: {first}") from None
+            raise CommandError(f"migration failed: {database_error(exc)}") from None
     finally:
         if key is not None and not connection.closed:
             # Best effort: closing the session releases the lock anyway.
