@@ -162,3 +162,51 @@ def test_participants_written_during_the_copy_reach_the_new_table(pg, seeded_db)
     assert proc.returncode == 0, err
     assert fingerprint(pg, seeded_db) == expected
     assert value(pg, seeded_db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
+
+
+def hold_table_lock(pg, dbname):
+    """An open transaction that has read meetings: any ALTER TABLE meetings must wait for it."""
+    conn = pg.connect(dbname)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM meetings")
+    return conn
+
+
+def test_ddl_that_cannot_get_its_lock_backs_off_and_retries(pg, seeded_db):
+    blocker = hold_table_lock(pg, seeded_db)
+    seen: list[str] = []
+    try:
+        proc = alembic_popen(pg, seeded_db, "-x", "lock_timeout=200ms", "upgrade", "0002")
+        for line in proc.stderr:
+            seen.append(line)
+            if "retrying" in line:
+                break
+    finally:
+        blocker.rollback()
+        blocker.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert any("lock_timeout (200ms) on attempt 1/5, retrying in 0.5s" in line for line in seen), seen
+    assert version(pg, seeded_db) == "0002"
+
+
+def test_ddl_that_never_gets_its_lock_fails_cleanly_and_changes_nothing(pg, seeded_db):
+    before = state(pg, seeded_db)
+    blocker = hold_table_lock(pg, seeded_db)
+    try:
+        started = time.monotonic()
+        proc = run_alembic(pg, seeded_db, "-x", "lock_timeout=100ms", "upgrade", "0002", check=False)
+        elapsed = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+    line = failed_line(proc)
+    assert "canceling statement due to lock timeout" in line
+    assert proc.stderr.count("retrying in") == 4, "five attempts with backoff"
+    assert elapsed < 30
+    assert state(pg, seeded_db) == before
+    assert not value(
+        pg,
+        seeded_db,
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'meetings'::regclass AND attname = 'status'",
+    )
