@@ -104,7 +104,7 @@ checks:
   elements: dict
   returned: success
   sample: [{"name": "indexes_valid", "ok": false, "detail": "1 unusable index(es): public.ix (invalid)"}]
-failed:
+failed_checks:
   description: Names of the failed checks.
   type: list
   elements: str

@@ -261,7 +261,8 @@ def run_checks(
     return {
         "changed": False,
         "checks": [asdict(c) for c in ordered],
-        "failed": failed,
+        # Not "failed": Ansible reserves that key in module results (db_smoke_result.failed is this list).
+        "failed_checks": failed,
         "passed": len(ordered) - len(failed),
         "duration_seconds": round(time.monotonic() - started, 3),
     }

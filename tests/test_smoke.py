@@ -76,7 +76,7 @@ def test_every_builtin_passes_on_a_migrated_database(pg: PgCluster, migrated: st
     manifest = write_manifest(tmp_path, {"public.users": 5, "public.alembic_version": 1})
     before = fingerprint(pg, migrated)
     result = run(pg, migrated, manifest_path=manifest)
-    assert result["failed"] == [], result["checks"]
+    assert result["failed_checks"] == [], result["checks"]
     assert [c["name"] for c in result["checks"]] == [
         "app_role_connects",
         "revision_is_target",
@@ -90,7 +90,7 @@ def test_every_builtin_passes_on_a_migrated_database(pg: PgCluster, migrated: st
 
 def test_wrong_revision_is_named(pg: PgCluster, migrated: str) -> None:
     result = run(pg, migrated, target_revision="0005")
-    assert result["failed"] == ["revision_is_target"]
+    assert result["failed_checks"] == ["revision_is_target"]
     assert detail(result, "revision_is_target")["detail"] == "at 0003, expected 0005"
 
 
@@ -101,7 +101,7 @@ def test_invalid_index_from_failed_concurrent_build_is_named(pg: PgCluster, migr
         with pytest.raises(psycopg2.errors.UniqueViolation):
             cur.execute('CREATE UNIQUE INDEX CONCURRENTLY "users email uniq" ON users (email)')
     result = run(pg, migrated)
-    assert result["failed"] == ["indexes_valid"]
+    assert result["failed_checks"] == ["indexes_valid"]
     # The duplicate is found while building, before the index is even marked ready for writes.
     assert (
         detail(result, "indexes_valid")["detail"]
@@ -114,7 +114,7 @@ def test_not_valid_constraint_is_named(pg: PgCluster, migrated: str) -> None:
         cur.execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%') NOT VALID")
         conn.commit()
     result = run(pg, migrated)
-    assert result["failed"] == ["constraints_validated"]
+    assert result["failed_checks"] == ["constraints_validated"]
     assert (
         detail(result, "constraints_validated")["detail"]
         == "1 NOT VALID constraint(s): public.users.email_has_at"
@@ -127,14 +127,14 @@ def test_deleted_row_against_manifest_is_named(pg: PgCluster, migrated: str, tmp
         cur.execute("DELETE FROM users WHERE id = 1")
         conn.commit()
     result = run(pg, migrated, manifest_path=manifest)
-    assert result["failed"] == ["no_rows_lost"]
+    assert result["failed_checks"] == ["no_rows_lost"]
     assert detail(result, "no_rows_lost")["detail"] == (
         "rows lost since the backup: public.gone 3 -> (missing), public.users 5 -> 4"
     )
     excused = run(
         pg, migrated, manifest_path=manifest, row_count_changes={"users": "dedupe", "public.gone": "dropped"}
     )
-    assert excused["failed"] == []
+    assert excused["failed_checks"] == []
     assert (
         "allowed by row_count_changes: public.gone 3 -> (missing), public.users 5 -> 4"
         in (detail(excused, "no_rows_lost")["detail"])
@@ -174,7 +174,7 @@ GOOD_QUERIES = [
 
 def test_user_queries_pass(pg: PgCluster, migrated: str) -> None:
     result = run(pg, migrated, queries=GOOD_QUERIES)
-    assert result["failed"] == []
+    assert result["failed_checks"] == []
     assert [c["name"] for c in result["checks"]][-4:] == [f"query:{q['name']}" for q in GOOD_QUERIES]
 
 
@@ -217,7 +217,7 @@ def test_failing_user_query_is_named(pg: PgCluster, migrated: str, query: dict, 
     before = fingerprint(pg, migrated)
     queries = [{"name": "the probe", **query}, GOOD_QUERIES[1]]
     result = run(pg, migrated, queries=queries, statement_timeout="300ms")
-    assert result["failed"] == ["query:the probe"]
+    assert result["failed_checks"] == ["query:the probe"]
     assert detail(result, "query:the probe")["detail"] == expected_detail
     assert detail(result, "query:count")["ok"], "a failed query must not poison the next one"
     assert fingerprint(pg, migrated) == before
@@ -267,7 +267,7 @@ def test_app_role_that_cannot_connect_is_named(pg: PgCluster, migrated: str) -> 
         target_revision="0003",
         queries=GOOD_QUERIES[:1],
     )
-    assert result["failed"] == ["app_role_connects", "query:five users"]
+    assert result["failed_checks"] == ["app_role_connects", "query:five users"]
     assert detail(result, "app_role_connects")["detail"].endswith(f"wrong password for role {APP!r}")
     assert detail(result, "query:five users")["detail"] == "not run: the app role cannot connect"
     assert "wrong" not in json.dumps(result).replace("wrong password", "")
