@@ -61,24 +61,33 @@ class Meeting(Base):
     status: Mapped[str] = mapped_column(sa.String(20), server_default="scheduled")
 
 
+def _participant_keys(table: str, *extra: object) -> tuple:
+    """Table args shared by both participants tables: (meeting_id, user_id) key, user_id index."""
+    return (
+        sa.PrimaryKeyConstraint("meeting_id", "user_id", name=f"{table}_pkey"),
+        sa.Index(f"ix_{table}_user_id", "user_id"),
+        *extra,
+    )
+
+
+def _cascading_fk(table: str, column: str, target: str) -> Mapped[int]:
+    """A bigint foreign key that follows its parent's deletion (user -> meetings -> participants)."""
+    return mapped_column(
+        sa.BigInteger, sa.ForeignKey(target, ondelete="CASCADE", name=f"{table}_{column}_fkey")
+    )
+
+
 class MeetingParticipant(Base):
     """Who is in which meeting, with an RSVP status (revision 0005)."""
 
     __tablename__ = "meeting_participants"
-    __table_args__ = (
-        sa.PrimaryKeyConstraint("meeting_id", "user_id", name="meeting_participants_pkey"),
+    __table_args__ = _participant_keys(
+        __tablename__,
         sa.CheckConstraint(_in("status", PARTICIPANT_STATUSES), name="valid_participant_status"),
-        sa.Index("ix_meeting_participants_user_id", "user_id"),
     )
 
-    meeting_id: Mapped[int] = mapped_column(
-        sa.BigInteger,
-        sa.ForeignKey("meetings.id", ondelete="CASCADE", name="meeting_participants_meeting_id_fkey"),
-    )
-    user_id: Mapped[int] = mapped_column(
-        sa.BigInteger,
-        sa.ForeignKey("users.id", ondelete="CASCADE", name="meeting_participants_user_id_fkey"),
-    )
+    meeting_id: Mapped[int] = _cascading_fk(__tablename__, "meeting_id", "meetings.id")
+    user_id: Mapped[int] = _cascading_fk(__tablename__, "user_id", "users.id")
     status: Mapped[str] = mapped_column(sa.String(20))
 
 
@@ -86,17 +95,8 @@ class MeetingParticipantLegacy(Base):
     """The pre-0005 attendance table, kept (renamed) so 0005's downgrade can restore it."""
 
     __tablename__ = "meeting_participants_legacy"
-    __table_args__ = (
-        sa.PrimaryKeyConstraint("meeting_id", "user_id", name="meeting_participants_legacy_pkey"),
-        sa.Index("ix_meeting_participants_legacy_user_id", "user_id"),
-    )
+    __table_args__ = _participant_keys(__tablename__)
 
-    meeting_id: Mapped[int] = mapped_column(
-        sa.BigInteger,
-        sa.ForeignKey("meetings.id", ondelete="CASCADE", name="meeting_participants_legacy_meeting_id_fkey"),
-    )
-    user_id: Mapped[int] = mapped_column(
-        sa.BigInteger,
-        sa.ForeignKey("users.id", ondelete="CASCADE", name="meeting_participants_legacy_user_id_fkey"),
-    )
+    meeting_id: Mapped[int] = _cascading_fk(__tablename__, "meeting_id", "meetings.id")
+    user_id: Mapped[int] = _cascading_fk(__tablename__, "user_id", "users.id")
     attended: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
