@@ -210,3 +210,28 @@ def test_ddl_that_never_gets_its_lock_fails_cleanly_and_changes_nothing(pg, seed
         seeded_db,
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'meetings'::regclass AND attname = 'status'",
     )
+
+
+def test_interrupted_participants_copy_resumes_to_the_same_result(pg, seeded_db):
+    run_alembic(pg, seeded_db, "upgrade", "0004")
+    proc = alembic_popen(pg, seeded_db, "upgrade", "0005", env_extra=SLOW_BATCHES)
+    wait_for(lambda: value(pg, seeded_db, "SELECT to_regclass('meeting_participants_new') IS NOT NULL"))
+    wait_for(lambda: value(pg, seeded_db, "SELECT count(*) FROM meeting_participants_new") >= 400)
+    value(
+        pg,
+        seeded_db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'alembic-migrate'",
+    )
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert version(pg, seeded_db) == "0004"
+    # Meanwhile the application keeps writing to the legacy table; the trigger is still mirroring.
+    rows(pg, seeded_db, "UPDATE meeting_participants SET attended = NOT attended WHERE meeting_id = 1")
+    expected = fingerprint(pg, seeded_db)
+
+    run_alembic(pg, seeded_db, "upgrade", "0005", env_extra={"MIGRATION_BATCH_SIZE": "100"})
+    assert version(pg, seeded_db) == "0005"
+    assert fingerprint(pg, seeded_db) == expected
+    assert value(pg, seeded_db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
+    run_alembic(pg, seeded_db, "check")
