@@ -1,7 +1,7 @@
 """${message}
 
-What it does: ...
-Downgrade: lossless | lossy (say what is lost and why).
+What it does: ... (say how it stays safe on a large live table: see migrations/safe_ops.py).
+Downgrade: lossless | LOSSY - say what is lost and why.
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
@@ -10,21 +10,17 @@ Create Date: ${create_date}
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
-
-from migrations import safe_ops
-
+from migrations import safe_ops  # noqa: F401 - the safe patterns every revision should use
 ${imports if imports else ""}
-revision: str = ${repr(up_revision)}
-down_revision: str | None = ${repr(down_revision)}
+revision: str = "${up_revision}"
+down_revision: str | None = ${'"%s"' % down_revision if down_revision else None}
 branch_labels: str | tuple[str, ...] | None = ${repr(branch_labels)}
 depends_on: str | tuple[str, ...] | None = ${repr(depends_on)}
 
 
 def upgrade() -> None:
-    ${upgrades if upgrades else "pass"}
+    ${upgrades if upgrades else 'raise NotImplementedError("write the upgrade with safe_ops helpers")'}
 
 
 def downgrade() -> None:
-    ${downgrades if downgrades else "pass"}
+    ${downgrades if downgrades else 'raise NotImplementedError("one-way revision: say why, and how to roll back")'}

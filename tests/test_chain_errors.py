@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from chain_helpers import failed_line, state
 from conftest import run_alembic
-from pgcluster import MIGRATOR_PASSWORD, free_port
+from pgcluster import MIGRATOR, MIGRATOR_PASSWORD, free_port
+
+from module_utils.pgconn import ConnInfo, pgpass_env
 
 
 def assert_refused(pg, db, *args, expect: str, url: str | None = None, env_extra: dict | None = None):
@@ -66,3 +68,12 @@ def test_offline_rendering_needs_no_database(pg, seeded_db):
     proc = run_alembic(pg, seeded_db, "upgrade", "head", "--sql", url=url)
     assert "CREATE INDEX CONCURRENTLY" in proc.stdout
     assert state(pg, seeded_db) == before
+
+
+def test_pipeline_style_url_without_password_uses_the_pgpass_file(pg, seeded_db):
+    """The pipeline's contract (docs/DESIGN.md): URL without a password, password in PGPASSFILE."""
+    ci = ConnInfo("127.0.0.1", pg.port, seeded_db, MIGRATOR, MIGRATOR_PASSWORD)
+    with pgpass_env(ci, base_env={}) as env:
+        proc = run_alembic(pg, seeded_db, "upgrade", "0002", url=ci.sqlalchemy_url(), env_extra=env)
+    assert MIGRATOR_PASSWORD not in proc.stdout + proc.stderr
+    assert state(pg, seeded_db)[0] == "0002"
