@@ -35,6 +35,7 @@ class Run:
 
     def said(self, text: str) -> bool:
         """Whether the output carries text, whatever line wrapping the yaml callback applied."""
+
         def flat(s: str) -> str:
             return " ".join(s.replace("'", " ").split())
 
