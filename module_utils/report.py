@@ -75,7 +75,12 @@ def build_report(
         "failed_step": failed_step,
         "error": error,
         "revision_from": migrate.get("revision_before", preflight.get("current_revision")),
-        "revision_to": migrate.get("revision_after", preflight.get("current_revision")),
+        # After a verified restore the database is back where it started, whatever the migration reached.
+        "revision_to": (
+            restore.get("starting_revision")
+            if restore.get("fingerprint_ok")
+            else migrate.get("revision_after", preflight.get("current_revision"))
+        ),
         "target_revision": preflight.get("target_revision"),
         "applied": migrate.get("applied", []),
         "backup": {"manifest": backup.get("manifest_path"), "archive": backup.get("archive")},

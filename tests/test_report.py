@@ -57,6 +57,22 @@ def test_report_records_revisions_timings_and_failure():
     assert any("failed at smoke: smoke check 'orders' failed" in line for line in lines)
 
 
+def test_after_a_verified_restore_the_report_shows_the_starting_revision():
+    steps = dict(
+        STEPS,
+        restore={
+            "restored_database": "meetings",
+            "forensic_database": "meetings__failed_x",
+            "fingerprint_ok": True,
+            "starting_revision": "0001",
+            "duration_seconds": 0.5,
+        },
+    )
+    report = _report(steps=steps)
+    assert report["revision_to"] == "0001"
+    assert "failed database kept as meetings__failed_x" in summary_lines(report)[-1]
+
+
 def test_report_never_carries_secrets():
     text = json.dumps(_report())
     assert "s3cret" not in text and "invocation" not in text
