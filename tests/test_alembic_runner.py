@@ -379,3 +379,18 @@ def test_run_id_is_sortable_and_unique() -> None:
     ids = {ar.new_run_id() for _ in range(50)}
     assert len(ids) == 50
     assert all(len(i) == len("20261125T142233Z-3fa9c1") and i[8] == "T" for i in ids)
+
+
+def test_hostile_database_name_reaches_alembic_intact(pg: PgCluster, project: Path, tmp_path: Path) -> None:
+    """SQLAlchemy does not decode a URL's database part, so the name must arrive exactly as it is."""
+    name = 'curious.anonymous"; SELECT pg_sleep(30); --'
+    pg.create_database(name)
+    try:
+        result = ar.upgrade(str(project), conninfo(pg, name), progress_file=str(tmp_path / "p.log"))
+        assert not result["failed"], result["msg"]
+        assert db_state(pg, name)["version"] == ["0003"]
+        assert ar.upgrade(str(project), conninfo(pg, name), check_mode=True)["changed"] is False
+    finally:
+        pg.drop_database(name)
+    with pytest.raises(ar.MigrationError, match=r"^database name 'what\?' contains '\?'"):
+        ar.alembic_url(conninfo(pg, "what?"))
