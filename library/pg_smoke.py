@@ -41,7 +41,7 @@ options:
   queries:
     description:
       - User queries, each C({name, sql, expect}).
-      - C(expect) is one of C({rows: N}), C({scalar: V}), C({no_rows: true}).
+      - "C(expect) is one of C({rows: N}), C({scalar: V}), C({no_rows: true})."
     type: list
     elements: raw
     default: []

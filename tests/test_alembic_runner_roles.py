@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import stat
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from pgcluster import MIGRATOR_PASSWORD, PgCluster
 from test_alembic_runner import db_state, make_project, write_revision
 from test_preflight import failure_lines, host_vars, run_playbook
+
+from module_utils import alembic_runner, pgconn, smoke
 
 
 @pytest.fixture
@@ -90,3 +95,33 @@ def test_refused_plan_fails_before_running_anything(
     assert line.startswith(f"migration of {dbname} failed: target revision '0009' is not in the chain at ")
     assert result["applied"] == [] and result["error"].startswith("target revision '0009'")
     assert db_state(pg, dbname) == {"relations": [], "version": None}
+
+
+@pytest.mark.parametrize("name", ["alembic_status", "alembic_upgrade", "pg_smoke"])
+def test_module_documentation_matches_its_argument_spec(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ansible-doc must parse each module's docs, and every option documented is one it accepts."""
+    for mod in (pgconn, alembic_runner, smoke):
+        monkeypatch.setitem(sys.modules, f"ansible.module_utils.{mod.__name__.split('.')[-1]}", mod)
+    captured: dict = {}
+
+    class CapturedSpecError(Exception):
+        """Stops main() right after it declared its argument_spec."""
+
+    def fake_module(argument_spec: dict, **_kw):
+        captured.update(argument_spec)
+        raise CapturedSpecError
+
+    path = Path(__file__).resolve().parent.parent / "library" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"library_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "AnsibleModule", fake_module)
+    with pytest.raises(CapturedSpecError):
+        module.main()
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["module"] == name
+    assert set(doc["options"]) == set(captured)
+    for option, spec_ in captured.items():
+        assert doc["options"][option].get("default", spec_.get("default")) == spec_.get("default"), option
+        assert doc["options"][option]["type"] == spec_.get("type", "str"), option
+    assert yaml.safe_load(module.EXAMPLES) and yaml.safe_load(module.RETURN)
