@@ -1,0 +1,216 @@
+"""playbooks/migrate.yml and playbooks/restore.yml end to end, through the real ansible-playbook.
+
+Every failing case asserts three things: the run failed (non-zero), the cause is named in one line, and the
+database is fingerprint-equal to what it was before the run (or, for refusals, untouched and unbacked-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_run import ROOT, failure_lines, run_playbook, single_host
+from pgcluster import APP_PASSWORD, MIGRATOR_PASSWORD, PgCluster, free_port
+
+from module_utils.fingerprint import compare, database_fingerprint
+
+FAILING_REVISION = ROOT / "tests" / "fixtures" / "0006_fails_after_committed_work.py"
+
+
+def fingerprint(pg: PgCluster, dbname: str) -> dict:
+    with contextlib.closing(pg.superuser_conn(dbname)) as conn:
+        return database_fingerprint(conn)
+
+
+def revision(pg: PgCluster, dbname: str) -> str | None:
+    with contextlib.closing(pg.superuser_conn(dbname)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute("SELECT version_num FROM alembic_version")
+        return cur.fetchone()[0]
+
+
+def databases(pg: PgCluster) -> set[str]:
+    with contextlib.closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")
+        return {r[0] for r in cur.fetchall()}
+
+
+def reports(report_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(report_dir.glob("*.json"))]
+
+
+def pipeline_vars(tmp_path: Path, **extra) -> dict:
+    return {
+        "db_backup_dir": str(tmp_path / "backups"),
+        "db_report_dir": str(tmp_path / "reports"),
+        **extra,
+    }
+
+
+def migrate(pg, dbname, tmp_path, *args, extra: dict | None = None, host_extra: dict | None = None):
+    return run_playbook(
+        "playbooks/migrate.yml",
+        single_host(pg, dbname, **(host_extra or {})),
+        pipeline_vars(tmp_path, **(extra or {})),
+        tmp_path,
+        *args,
+    )
+
+
+def failing_project(tmp_path: Path) -> Path:
+    """The shipped project plus a revision that commits work and then fails."""
+    dest = tmp_path / "project"
+    shutil.copytree(ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", dest / "alembic.ini")
+    shutil.copy(FAILING_REVISION, dest / "migrations" / "versions" / FAILING_REVISION.name)
+    return dest / "alembic.ini"
+
+
+def test_migrates_to_head_with_a_verified_backup_and_a_report(pg: PgCluster, seeded_db: str, tmp_path: Path):
+    proc = migrate(pg, seeded_db, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert revision(pg, seeded_db) == "0005"
+
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "succeeded"
+    assert [a["revision"] for a in report["applied"]] == ["0002", "0003", "0004", "0005"]
+    assert set(report["timings"]) == {"preflight", "backup", "migrate", "smoke"}
+    assert "SUCCEEDED" in proc.stdout
+
+    backup_dir = tmp_path / "backups"
+    assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o700
+    manifest = json.loads(Path(report["backup"]["manifest"]).read_text())
+    assert manifest["starting_revision"] == "0001"
+    for path in backup_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+    for secret in (MIGRATOR_PASSWORD, APP_PASSWORD):
+        assert secret not in proc.stdout + proc.stderr
+        assert secret not in json.dumps(report) and secret not in json.dumps(manifest)
+
+
+def test_check_mode_lists_pending_sql_and_changes_nothing(pg: PgCluster, seeded_db: str, tmp_path: Path):
+    before = fingerprint(pg, seeded_db)
+    proc = migrate(pg, seeded_db, tmp_path, "--check")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "0002" in proc.stdout and "ALTER TABLE meetings ADD COLUMN" in proc.stdout
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    assert not list((tmp_path / "backups").glob("*.dump")) if (tmp_path / "backups").exists() else True
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "dry-run"
+
+
+def test_a_revision_that_fails_after_committed_work_is_undone_by_the_restore(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+):
+    before = fingerprint(pg, seeded_db)
+    dbs_before = databases(pg)
+    proc = migrate(
+        pg, seeded_db, tmp_path, extra={"db_migrate_alembic_config": str(failing_project(tmp_path))}
+    )
+    assert proc.returncode != 0
+    lines = failure_lines(proc)
+    assert any("0006 failed after committing its batches" in line for line in lines), proc.stdout[-4000:]
+
+    assert revision(pg, seeded_db) == "0001"
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    forensic = databases(pg) - dbs_before
+    assert len(forensic) == 1
+    with contextlib.closing(pg.superuser_conn(forensic.pop())) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM audit_log")  # the damage is kept for forensics
+        assert cur.fetchone()[0] == 200
+
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "failed-and-restored"
+    assert report["failed_step"] == "migrate" and report["revision_to"] == "0001"
+
+
+def test_a_failing_smoke_query_restores_and_names_the_check(pg: PgCluster, seeded_db: str, tmp_path: Path):
+    before = fingerprint(pg, seeded_db)
+    queries = [
+        {
+            "name": "meetings table is empty",
+            "sql": "SELECT 1 FROM meetings LIMIT 1",
+            "expect": {"no_rows": True},
+        },
+        {"name": "broken sql", "sql": "SELECT FROM nowhere_at_all", "expect": {"rows": 1}},
+    ]
+    proc = migrate(pg, seeded_db, tmp_path, extra={"db_smoke_queries": queries})
+    assert proc.returncode != 0
+    summary = "\n".join(failure_lines(proc))
+    assert "meetings table is empty" in summary and "broken sql" in summary
+    assert revision(pg, seeded_db) == "0001"
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "failed-and-restored" and report["failed_step"] == "smoke"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unreachable", "server unreachable"),
+        ("wrong_password", "wrong password for role 'meetings_owner'"),
+        ("unknown_target", "not in the chain"),
+        ("backup_dir_not_creatable", "cannot create backup directory"),
+        ("backup_dir_open_to_others", "is accessible by group/others"),
+        ("not_enough_disk", "not enough space in"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_changes(
+    pg: PgCluster, seeded_db: str, tmp_path: Path, case: str, expected: str
+):
+    before = fingerprint(pg, seeded_db)
+    dbs_before = databases(pg)
+    extra: dict = {}
+    host_extra: dict = {}
+    if case == "unreachable":
+        host_extra = {"db_port": free_port()}
+    elif case == "wrong_password":
+        extra = {"db_migration_password": "not-the-password"}
+    elif case == "unknown_target":
+        extra = {"db_migrate_target": "9999"}
+    elif case == "backup_dir_not_creatable":
+        (tmp_path / "a-file").write_text("")  # even root cannot make a directory below a file
+        extra = {"db_backup_dir": str(tmp_path / "a-file" / "backups")}
+    elif case == "backup_dir_open_to_others":
+        (tmp_path / "shared").mkdir(mode=0o777)
+        (tmp_path / "shared").chmod(0o777)
+        extra = {"db_backup_dir": str(tmp_path / "shared")}
+    elif case == "not_enough_disk":
+        extra = {"db_backup_space_factor": 1e12}
+    proc = migrate(pg, seeded_db, tmp_path, extra=extra, host_extra=host_extra)
+    assert proc.returncode != 0
+    lines = failure_lines(proc)
+    assert any(expected in line for line in lines), lines
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    assert databases(pg) == dbs_before
+    assert not list(tmp_path.glob("backups/*.dump"))
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "refused"
+
+
+def test_restore_playbook_refuses_a_corrupt_backup_before_dropping_anything(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+):
+    assert migrate(pg, seeded_db, tmp_path).returncode == 0
+    (report,) = reports(tmp_path / "reports")
+    manifest = Path(report["backup"]["manifest"])
+    archive = Path(json.loads(manifest.read_text())["archive"])
+    with archive.open("r+b") as f:
+        f.truncate(archive.stat().st_size // 2)
+    before = fingerprint(pg, seeded_db)
+    dbs_before = databases(pg)
+
+    proc = run_playbook(
+        "playbooks/restore.yml", single_host(pg, seeded_db), {"backup": str(manifest)}, tmp_path
+    )
+    assert proc.returncode != 0
+    assert any("sha256" in line for line in failure_lines(proc)), failure_lines(proc)
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    assert databases(pg) == dbs_before
