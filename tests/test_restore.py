@@ -49,7 +49,7 @@ def backed_up(pg, dbname, tmp_path, side_databases) -> dict:
 
 DAMAGE = {
     "drop-table": 'DROP TABLE "odd schema"."Meet""ings"',
-    "change-rows": "UPDATE users SET name = 'oops' WHERE id % 3 = 0; DELETE FROM empty_one; INSERT INTO empty_one VALUES (1), (2)",
+    "change-rows": "UPDATE users SET name = 'oops' WHERE id % 3 = 0; INSERT INTO empty_one VALUES (1), (2)",
     "migration": "ALTER TABLE users ADD COLUMN nickname text DEFAULT 'x'; "
     "UPDATE alembic_version SET version_num = '0002'",
 }
@@ -290,6 +290,15 @@ def test_restore_playbook_end_to_end(pg, dbname, backed_up, tmp_path):
     missing = play()
     assert missing.returncode != 0
     assert "pass the backup's manifest: -e backup=/path/to/<backup>.json" in missing.stdout
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{oops")
+    assert "is not readable JSON: Expecting property name" in play("-e", f"backup={garbled}").stdout
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({**backed_up["manifest"], "database": "elsewhere"}))
+    refused = play("-e", f"backup={elsewhere}")
+    assert refused.returncode != 0
+    assert "no host of this inventory is that database" in refused.stdout
+    assert databases(pg) == {dbname}
     execute(pg, dbname, DAMAGE["drop-table"])
     done = play("-e", f"backup={backed_up['manifest_path']}")
     assert done.returncode == 0, done.stdout + done.stderr
