@@ -23,7 +23,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from migrations import safe_ops
 from migrations.models import Base
-from module_utils.pgconn import ConnInfo, explain_connect_error
 
 config = context.config
 if config.config_file_name is not None:
@@ -39,13 +38,21 @@ def database_url(xargs: dict[str, str]) -> str | None:
     return os.environ.get("DATABASE_URL") or xargs.get("url") or None
 
 
-def conn_info(url: sa.URL) -> ConnInfo:
-    return ConnInfo(
-        host=url.host or "localhost",
-        port=url.port or 5432,
-        dbname=url.database or "",
-        user=url.username or "",
-    )
+def explain_connect_error(url: sa.URL, exc: BaseException) -> str:
+    """One line for the usual ways a connection fails; never includes the password.
+
+    The Alembic project stays self-contained (users copy it and point the pipeline at their copy), so
+    this mirrors module_utils/pgconn.explain_connect_error instead of importing it.
+    """
+    where = f"{url.username}@{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "password authentication failed" in text:
+        return f"cannot connect to {where}: wrong password for role {url.username!r}"
+    if "does not exist" in text and "database" in text:
+        return f"cannot connect to {where}: database {url.database!r} does not exist"
+    if "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
+        return f"cannot connect to {where}: server unreachable ({text})"
+    return f"cannot connect to {where}: {text}"
 
 
 def command_name() -> str | None:
@@ -123,7 +130,7 @@ def connect(url: str) -> sa.Connection:
     try:
         return engine.connect()
     except DBAPIError as exc:
-        raise CommandError(explain_connect_error(conn_info(parsed), exc.orig or exc)) from None
+        raise CommandError(explain_connect_error(parsed, exc.orig or exc)) from None
 
 
 def run_migrations_online(settings: safe_ops.Settings, url: str | None) -> None:
