@@ -232,9 +232,11 @@ def run_pg_restore(
 
 
 def terminate_sessions(cur, database: str) -> int:
+    """Terminate the sessions pg_signal_backend may end; superusers' stay and make the rename say so."""
     cur.execute(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+        "LEFT JOIN pg_roles r ON r.oid = a.usesysid "
+        "WHERE a.datname = %s AND a.pid <> pg_backend_pid() AND NOT coalesce(r.rolsuper, false)",
         (database,),
     )
     return int(cur.fetchone()[0])
@@ -351,6 +353,10 @@ def run_restore(ci: ConnInfo, req: RestoreRequest) -> dict:
             f"manifest {req.manifest_path} is from environment {manifest['environment']!r}, "
             f"not {req.environment!r}"
         )
+    if database == req.maintenance_db:
+        raise RestoreError(
+            f"cannot restore {database!r}: it is the maintenance database the swap connects to"
+        )
     toc_entries = check_archive(manifest, req.pg_bindir)
     maint_ci = ci.with_db(req.maintenance_db)
     try:
@@ -394,9 +400,17 @@ def run_restore(ci: ConnInfo, req: RestoreRequest) -> dict:
             )
         step = time.monotonic()
         warnings = carry_over_settings(cur, database, restored_name, info) if info.exists else []
-        terminated = _swap(cur, database, restored_name, forensic_name, info, req, progress)
+        cur.execute("SELECT oid FROM pg_database WHERE datname = %s", (restored_name,))
+        restored_oid = cur.fetchone()[0]
+        try:
+            terminated = _swap(cur, database, restored_name, forensic_name, info, req, progress)
+        except RestoreError as exc:
+            raise RestoreError(
+                f"{exc}; not swapped: {database} is unchanged, "
+                f"the verified restore is kept as {restored_name}"
+            ) from None
         cur.execute("SELECT oid FROM pg_database WHERE datname = %s", (database,))
-        swapped = cur.fetchone() is not None
+        swapped = cur.fetchone()[0] == restored_oid
         dropped = False
         if info.exists and swapped and not req.keep_forensic:
             progress.say(f"dropping forensic copy {forensic_name}")

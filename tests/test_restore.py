@@ -96,6 +96,23 @@ def test_app_session_on_the_failed_database_is_terminated(pg, dbname, backed_up)
         assert cur.fetchone()[0] == dbname
 
 
+def test_session_that_cannot_be_terminated_leaves_everything_in_place(pg, dbname, backed_up):
+    """A superuser session is beyond pg_signal_backend: the rename gives up, nothing is half-swapped."""
+    execute(pg, dbname, DAMAGE["change-rows"])
+    before = fp(pg, dbname)
+    expected = (
+        r"sessions of postgres stay connected after 2 retries; not swapped: .* is unchanged, "
+        r"the verified restore is kept as .*__restore_"
+    )
+    with closing(pg.superuser_conn(dbname)), pytest.raises(RestoreError, match=expected):
+        restore(pg, dbname, backed_up["manifest_path"], rename_retries=2)
+    assert fp(pg, dbname) == before
+    with closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (dbname,))
+        assert cur.fetchone()[0] is True
+    assert len(databases(pg) - {dbname}) == 1
+
+
 def test_connect_grants_and_settings_are_carried_over(pg, dbname, backed_up):
     execute(pg, dbname, "SELECT 1")
     with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
