@@ -323,3 +323,29 @@ def test_restore_playbook_end_to_end(pg, dbname, backed_up, tmp_path):
     assert compare(backed_up["manifest"]["tables"], fp(pg, dbname)) == []
     forensic = (databases(pg) - {dbname}).pop()
     assert f"forensic copy of the failed database: {forensic}" in done.stdout
+
+
+def test_directory_archive_tampering_names_the_file(pg, dbname, tmp_path, side_databases):
+    load_sample(pg, dbname)
+    made = backup(pg, dbname, tmp_path / "backups", archive_format="directory")
+    toc = Path(made["archive"]) / "toc.dat"
+    flip_bytes(toc, toc.stat().st_size // 2)
+    with pytest.raises(RestoreError, match=r"the manifest says [0-9a-f]{64} \(differing files: toc.dat\)$"):
+        restore(pg, dbname, made["manifest_path"])
+    assert databases(pg) == {dbname}
+
+
+def test_hostile_database_name_round_trip(pg, tmp_path):
+    hostile = "curious.anonymous\"; SELECT pg_sleep(30); -- dbname='postgres'"
+    pg.create_database(hostile)
+    try:
+        load_sample(pg, hostile)
+        made = backup(pg, hostile, tmp_path / "backups")
+        execute(pg, hostile, DAMAGE["drop-table"])
+        result = restore(pg, hostile, made["manifest_path"], keep_forensic=False)
+        assert result["restored_database"] == hostile and result["forensic_dropped"] is True
+        assert compare(made["manifest"]["tables"], fp(pg, hostile)) == []
+    finally:
+        for name in databases(pg):
+            if name.startswith("curious.anonymous"):
+                pg.drop_database(name)
