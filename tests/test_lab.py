@@ -142,8 +142,10 @@ def test_lab_lifecycle(base: Path) -> None:
         check=True,
         capture_output=True,
     )
-    past = run_lab(lab_dir, port)
-    assert past.rc == 0 and past.recap("changed") == 0, past.out[-4000:]
+    # The same run changes a server setting: lab.conf is rewritten and the server restarted, nothing else.
+    past = run_lab(lab_dir, port, "-e", '{"lab_server_settings": {"work_mem": "8MB"}}')
+    assert past.rc == 0 and past.recap("changed") == 2, past.out[-4000:]
+    assert query(port, "SHOW work_mem") == [("8MB",)]
     assert past.said("is at revision 0002, not 0001: left alone")
     assert query(port, "SELECT version_num FROM alembic_version") == [("0002",)]
 
@@ -212,3 +214,13 @@ def test_folder_not_made_by_the_lab_is_never_taken_or_removed(base: Path) -> Non
     assert removed.said("it is not removed"), removed.out[-3000:]
     assert sorted(p.name for p in lab_dir.iterdir()) == ["precious.txt"]
     assert precious.read_text() == "not the lab's\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another OS user")
+def test_folder_the_server_user_cannot_reach_is_refused(base: Path) -> None:
+    private = base / "private"
+    private.mkdir(mode=0o700)
+    run = run_lab(private / "staging", free_port())
+    assert run.rc != 0
+    assert run.said(f"The server's OS user postgres cannot reach {private}"), run.out[-3000:]
+    assert list(private.iterdir()) == []
