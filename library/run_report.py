@@ -29,10 +29,24 @@ options:
     type: str
     required: true
   outcome:
-    description: How the run ended.
+    description:
+      - How the run ended. When empty it is decided from O(stopped_at), O(dry_run), whether O(steps)
+        holds a restore result, and O(restore_error).
     type: str
-    required: true
-    choices: [succeeded, dry-run, refused, failed-and-restored, failed-restore-failed, deferred]
+    default: ""
+    choices: ["", succeeded, dry-run, refused, failed-and-restored, failed-restore-failed, deferred]
+  stopped_at:
+    description: The step the run stopped in (preflight, backup, migrate, smoke), or C(done).
+    type: str
+    default: done
+  dry_run:
+    description: Whether the run was a check-mode run.
+    type: bool
+    default: false
+  restore_error:
+    description: Why the restore failed, empty when it did not.
+    type: str
+    default: ""
   steps:
     description: Step name (preflight, backup, migrate, smoke, restore) to that step's result.
     type: dict
@@ -54,7 +68,7 @@ EXAMPLES = r"""
     host: "{{ inventory_hostname }}"
     environment: staging
     database: meetings
-    outcome: succeeded
+    stopped_at: done
     steps:
       preflight: "{{ db_preflight_result }}"
 """
@@ -80,7 +94,7 @@ report:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.report import OUTCOMES, build_report, summary_lines, write_report
+from ansible.module_utils.report import OUTCOMES, build_report, decide_outcome, summary_lines, write_report
 
 
 def main() -> None:
@@ -90,7 +104,10 @@ def main() -> None:
             host=dict(type="str", required=True),
             environment=dict(type="str", required=True),
             database=dict(type="str", required=True),
-            outcome=dict(type="str", required=True, choices=list(OUTCOMES)),
+            outcome=dict(type="str", default="", choices=["", *OUTCOMES]),
+            stopped_at=dict(type="str", default="done"),
+            dry_run=dict(type="bool", default=False),
+            restore_error=dict(type="str", default=""),
             steps=dict(type="dict", default={}),
             failed_step=dict(type="str", default=""),
             error=dict(type="str", default=""),
@@ -98,12 +115,15 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    outcome = p["outcome"] or decide_outcome(
+        p["stopped_at"], p["dry_run"], bool(p["steps"].get("restore")), p["restore_error"]
+    )
     try:
         report = build_report(
             host=p["host"],
             environment=p["environment"],
             database=p["database"],
-            outcome=p["outcome"],
+            outcome=outcome,
             steps=p["steps"],
             failed_step=p["failed_step"],
             error=p["error"],

@@ -27,6 +27,21 @@ STEPS = ("preflight", "backup", "migrate", "smoke", "restore")
 _SECRET_KEYS = {"password", "login_password", "db_migration_password", "db_app_password", "pgpass"}
 
 
+def decide_outcome(stopped_at: str, dry_run: bool, restored: bool, restore_error: str = "") -> str:
+    """How a run ended, from where it stopped and what the rescue managed.
+
+    Stopping in pre-flight or backup changed nothing (a refusal); stopping later means the database was
+    touched, so only a verified restore makes it a clean failure.
+    """
+    if stopped_at == "done":
+        return "dry-run" if dry_run else "succeeded"
+    if stopped_at in ("preflight", "backup"):
+        return "refused"
+    if restored and not restore_error:
+        return "failed-and-restored"
+    return "failed-restore-failed"
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _scrub(v) for k, v in value.items() if k.lower() not in _SECRET_KEYS and k != "invocation"}

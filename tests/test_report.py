@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from module_utils.report import build_report, summary_lines, write_report
+from module_utils.report import build_report, decide_outcome, summary_lines, write_report
 
 STEPS = {
     "preflight": {
@@ -92,3 +92,21 @@ def test_written_files_are_private(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json_path.name == "20261125T142233Z-ab12__staging__h1.json"
     assert json.loads(json_path.read_text())["outcome"] == "failed-and-restored"
+
+
+@pytest.mark.parametrize(
+    ("stopped_at", "dry_run", "restored", "restore_error", "expected"),
+    [
+        ("done", False, False, "", "succeeded"),
+        ("done", True, False, "", "dry-run"),
+        ("preflight", False, False, "", "refused"),
+        ("backup", False, False, "", "refused"),
+        ("migrate", False, True, "", "failed-and-restored"),
+        ("smoke", False, True, "", "failed-and-restored"),
+        ("migrate", False, False, "archive sha256 mismatch", "failed-restore-failed"),
+        ("migrate", False, True, "fingerprint differs", "failed-restore-failed"),
+        ("smoke", False, False, "", "failed-restore-failed"),
+    ],
+)
+def test_outcome_follows_where_the_run_stopped(stopped_at, dry_run, restored, restore_error, expected):
+    assert decide_outcome(stopped_at, dry_run, restored, restore_error) == expected
