@@ -274,9 +274,12 @@ class Progress:
     def __init__(self, path: str | None):
         self.path = path
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.close(fd)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            except OSError as exc:  # checked before anything runs, not half-way through a migration
+                where = f" ({exc.filename})" if exc.filename and exc.filename != path else ""
+                raise MigrationError(f"cannot write the progress file {path}: {exc.strerror}{where}") from exc
 
     def line(self, text: str) -> None:
         if not self.path:

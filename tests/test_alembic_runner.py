@@ -394,3 +394,15 @@ def test_hostile_database_name_reaches_alembic_intact(pg: PgCluster, project: Pa
         pg.drop_database(name)
     with pytest.raises(ar.MigrationError, match=r"^database name 'what\?' contains '\?'"):
         ar.alembic_url(conninfo(pg, "what?"))
+
+
+def test_unwritable_progress_file_is_refused_before_anything_runs(
+    pg: PgCluster, dbname: str, project: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(
+        ar.MigrationError, match=r"^cannot write the progress file .*a-file/p.log: File exists \(.*/a-file\)$"
+    ):
+        ar.upgrade(str(project), conninfo(pg, dbname), progress_file=str(blocker / "p.log"))
+    assert db_state(pg, dbname) == {"relations": [], "version": None}
