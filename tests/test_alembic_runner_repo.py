@@ -54,15 +54,11 @@ def manifest_of(pg: PgCluster, dbname: str, path: Path) -> str:
 
 
 def user_project(tmp_path: Path) -> Path:
-    """A copy of the shipped project with the user's failing revision 0006 on top."""
+    """A copy of the shipped project (self-contained, docs/DESIGN.md) with the user's failing 0006 on top."""
     dest = tmp_path / "project"
     dest.mkdir()
     shutil.copy(REPO_INI, dest / "alembic.ini")
     shutil.copytree(ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
-    # The shipped env.py imports module_utils.pgconn (found through prepend_sys_path = %(here)s), so a
-    # copy of the project has to bring that module along.
-    (dest / "module_utils").mkdir()
-    shutil.copy(ROOT / "module_utils" / "pgconn.py", dest / "module_utils" / "pgconn.py")
     (dest / "migrations" / "versions" / "0006_user_audit_log.py").write_text(FAILING_REVISION)
     return dest / "alembic.ini"
 

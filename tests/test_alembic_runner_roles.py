@@ -32,8 +32,10 @@ def migrate(pg: PgCluster, dbname: str, project: Path, tmp_path: Path, *args: st
 
 
 def upgrade_task_status(proc) -> str:
-    """'changed' or 'ok': how the role's alembic_upgrade task reported (the result file's copy aside)."""
-    after = proc.stdout.split("Run Alembic for each pending revision, timing each.", 1)[1]
+    """'changed' or 'ok': how the role reported its step (the result file's copy aside)."""
+    after = proc.stdout.split(
+        "Hand the migration forward as db_migrate_result, also when it failed part-way.", 1
+    )[1]
     return next(line.split(":")[0] for line in after.splitlines() if line.startswith(("ok:", "changed:")))
 
 
