@@ -294,16 +294,11 @@ def alembic_argv(config_path: str, options: Options, *args: str, python: str | N
 
 
 def alembic_url(ci: pgconn.ConnInfo) -> str:
-    """The URL without password, spelled the way SQLAlchemy 2.0 parses it back.
-
-    pgconn.ConnInfo.sqlalchemy_url() percent-encodes the database name, but SQLAlchemy's make_url never
-    decodes that part, so a database called `a"; b` would arrive as `a%22%3B%20b` and not be found. The
-    name goes in raw instead (make_url takes everything up to a '?'); a name with '?' cannot be spelled.
-    """
-    if "?" in ci.dbname:
-        raise MigrationError(f"database name {ci.dbname!r} contains '?', which a SQLAlchemy URL cannot carry")
-    base = ci.sqlalchemy_url()
-    return base[: base.rindex("/") + 1] + ci.dbname
+    """The URL without password for the Alembic child (see pgconn.ConnInfo.sqlalchemy_url)."""
+    try:
+        return ci.sqlalchemy_url()
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from None
 
 
 def _child_env(ci: pgconn.ConnInfo, base: dict) -> dict:

@@ -64,11 +64,18 @@ class ConnInfo:
         return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def sqlalchemy_url(self) -> str:
-        """A URL without a password: libpq finds it in PGPASSFILE."""
-        return (
-            f"postgresql+psycopg2://{quote(self.user, safe='')}@{quote(self.host, safe='')}:{self.port}/"
-            f"{quote(self.dbname, safe='')}"
-        )
+        """A URL without a password (libpq finds it in PGPASSFILE).
+
+        The user is percent-encoded (SQLAlchemy decodes it); the database name goes in raw, because
+        SQLAlchemy 2.0's make_url takes everything up to a '?' and never decodes it. A name holding '?'
+        cannot be spelled in a URL at all, so it is refused here in one line.
+        """
+        if "?" in self.dbname:
+            raise ValueError(
+                f"database name {self.dbname!r} contains '?', which a SQLAlchemy URL cannot carry"
+            )
+        user, host = quote(self.user, safe=""), quote(self.host, safe="")
+        return f"postgresql+psycopg2://{user}@{host}:{self.port}/{self.dbname}"
 
 
 def connect(ci: ConnInfo, autocommit: bool = True, **kwargs):
