@@ -34,7 +34,15 @@ options:
         holds a restore result, and O(restore_error).
     type: str
     default: ""
-    choices: ["", succeeded, dry-run, refused, failed-and-restored, failed-restore-failed, deferred]
+    choices:
+      - ""
+      - succeeded
+      - dry-run
+      - refused
+      - failed-unchanged
+      - failed-and-restored
+      - failed-restore-failed
+      - deferred
   stopped_at:
     description: The step the run stopped in (preflight, backup, migrate, smoke), or C(done).
     type: str
@@ -47,6 +55,10 @@ options:
     description: Why the restore failed, empty when it did not.
     type: str
     default: ""
+  touched:
+    description: Whether the run got as far as changing the database (a backup was taken before migrating).
+    type: bool
+    default: true
   steps:
     description: Step name (preflight, backup, migrate, smoke, restore) to that step's result.
     type: dict
@@ -108,6 +120,7 @@ def main() -> None:
             stopped_at=dict(type="str", default="done"),
             dry_run=dict(type="bool", default=False),
             restore_error=dict(type="str", default=""),
+            touched=dict(type="bool", default=True),
             steps=dict(type="dict", default={}),
             failed_step=dict(type="str", default=""),
             error=dict(type="str", default=""),
@@ -116,7 +129,7 @@ def main() -> None:
     )
     p = module.params
     outcome = p["outcome"] or decide_outcome(
-        p["stopped_at"], p["dry_run"], bool(p["steps"].get("restore")), p["restore_error"]
+        p["stopped_at"], p["dry_run"], bool(p["steps"].get("restore")), p["restore_error"], p["touched"]
     )
     try:
         report = build_report(

@@ -16,6 +16,7 @@ OUTCOMES = (
     "succeeded",
     "dry-run",
     "refused",
+    "failed-unchanged",
     "failed-and-restored",
     "failed-restore-failed",
     "deferred",
@@ -27,16 +28,21 @@ STEPS = ("preflight", "backup", "migrate", "smoke", "restore")
 _SECRET_KEYS = {"password", "login_password", "db_migration_password", "db_app_password", "pgpass"}
 
 
-def decide_outcome(stopped_at: str, dry_run: bool, restored: bool, restore_error: str = "") -> str:
+def decide_outcome(
+    stopped_at: str, dry_run: bool, restored: bool, restore_error: str = "", touched: bool = True
+) -> str:
     """How a run ended, from where it stopped and what the rescue managed.
 
-    Stopping in pre-flight or backup changed nothing (a refusal); stopping later means the database was
-    touched, so only a verified restore makes it a clean failure.
+    Stopping in pre-flight or backup changed nothing (a refusal). A later failure in a run that migrated
+    nothing (no revision was pending, so no backup was taken) left the database as it was. Otherwise the
+    database was touched, and only a verified restore makes it a clean failure.
     """
     if stopped_at == "done":
         return "dry-run" if dry_run else "succeeded"
     if stopped_at in ("preflight", "backup"):
         return "refused"
+    if not touched:
+        return "failed-unchanged"
     if restored and not restore_error:
         return "failed-and-restored"
     return "failed-restore-failed"

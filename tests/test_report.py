@@ -110,3 +110,7 @@ def test_written_files_are_private(tmp_path):
 )
 def test_outcome_follows_where_the_run_stopped(stopped_at, dry_run, restored, restore_error, expected):
     assert decide_outcome(stopped_at, dry_run, restored, restore_error) == expected
+
+
+def test_a_failed_smoke_check_on_an_untouched_database_is_not_a_failed_restore():
+    assert decide_outcome("smoke", False, False, "", touched=False) == "failed-unchanged"
