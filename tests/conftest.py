@@ -40,7 +40,13 @@ def dbname(pg: PgCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "".join(c if c.isalnum() else "_" for c in name)
     pg.create_database(name)
     yield name
-    pg.drop_database(name)
+    # The database and whatever a restore made beside it (forensic and side copies share the tN_ prefix).
+    prefix = name.split("_", 1)[0] + "_"
+    with closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix])
+        leftovers = [row[0] for row in cur.fetchall()]
+    for leftover in leftovers:
+        pg.drop_database(leftover)
 
 
 # --- Alembic and seed data, shared by every suite -------------------------------------------------------
