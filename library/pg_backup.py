@@ -55,6 +55,25 @@ options:
       - Empty skips the check.
     type: str
     default: ""
+  step:
+    description:
+      - C(dump) takes the verified archive and manifest (of O(source_database) when given).
+      - C(snapshot) clones the database with C(CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY) when no
+        other session is connected (it never terminates any) and returns C(snapshot_database), or why not
+        in C(snapshot_skipped).
+      - C(drop_snapshot) drops the clone named by O(source_database) (only names of the snapshot scheme).
+    type: str
+    choices: [dump, snapshot, drop_snapshot]
+    default: dump
+  source_database:
+    description:
+      - A snapshot clone to dump instead of O(login_db); the manifest still names O(login_db), records
+        the clone and its oid, and the clone is sealed (connections forbidden) once fingerprinted.
+    type: str
+  maintenance_db:
+    description: Database to connect to for CREATE, ALTER and DROP DATABASE.
+    type: str
+    default: postgres
   progress_file:
     description: File to append progress lines to while the backup runs.
     type: path
@@ -128,6 +147,14 @@ retention_removed:
   type: list
   elements: str
   returned: success, not in check mode
+snapshot_database:
+  description: The snapshot clone made (step snapshot) or dumped (step dump); null when none.
+  type: str
+  returned: success
+snapshot_skipped:
+  description: Why no snapshot clone was made (other sessions, clone refused); empty when one was.
+  type: str
+  returned: step snapshot
 tables:
   description: Tables the backup would fingerprint.
   type: list
@@ -135,7 +162,7 @@ tables:
   returned: check mode
 """
 
-from ansible.module_utils.backup import BackupError, BackupRequest, run_backup
+from ansible.module_utils.backup import BackupError, BackupRequest, drop_snapshot, run_backup, take_snapshot
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
 
@@ -151,6 +178,9 @@ def main() -> None:
             space_factor=dict(type="float", default=1.0),
             lock_wait_timeout=dict(type="str", default="60s"),
             expected_revision=dict(type="str", default=""),
+            step=dict(type="str", choices=["dump", "snapshot", "drop_snapshot"], default="dump"),
+            source_database=dict(type="str"),
+            maintenance_db=dict(type="str", default="postgres"),
             progress_file=dict(type="path"),
             pg_bindir=dict(type="path"),
             **CONN_ARGSPEC,
@@ -162,6 +192,19 @@ def main() -> None:
     p = module.params
     if p["jobs"] < 1 or p["retention"] < 1 or p["space_factor"] <= 0:
         module.fail_json(msg="jobs and retention must be at least 1 and space_factor above 0")
+    ci = ConnInfo.from_params(p)
+    try:
+        if p["step"] == "snapshot":
+            result = take_snapshot(ci, p["maintenance_db"], module.check_mode)
+            module.exit_json(changed=bool(result["snapshot_database"]), **result)
+        if p["step"] == "drop_snapshot":
+            if not p["source_database"]:
+                module.fail_json(msg="step drop_snapshot needs source_database (the snapshot to drop)")
+            if not module.check_mode:
+                drop_snapshot(ci, p["maintenance_db"], p["source_database"])
+            module.exit_json(changed=True, snapshot_database=p["source_database"])
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
     request = BackupRequest(
         environment=p["environment"],
         directory=p["backup_dir"],
@@ -174,9 +217,11 @@ def main() -> None:
         pg_bindir=p["pg_bindir"],
         progress_file=p["progress_file"],
         check_mode=module.check_mode,
+        source_database=p["source_database"] or None,
+        maintenance_db=p["maintenance_db"],
     )
     try:
-        result = run_backup(ConnInfo.from_params(p), request)
+        result = run_backup(ci, request)
     except BackupError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -48,6 +48,13 @@ options:
     description: How many times to terminate sessions and retry a rename that finds the database in use.
     type: int
     default: 20
+  use_snapshot:
+    description:
+      - Swap in the backup's snapshot clone (recorded in the manifest) when it still exists, is sealed and
+        has the recorded oid, after verifying it against the manifest's fingerprint; otherwise, or when
+        false, pg_restore the archive.
+    type: bool
+    default: true
   progress_file:
     description: File to append progress lines to while the restore runs.
     type: path
@@ -103,7 +110,15 @@ forensic_database:
   type: str
   returned: always
 staging_database:
-  description: Name the restore used before the swap.
+  description: Name the restore used before the swap (the snapshot clone's name when one was swapped in).
+  type: str
+  returned: always
+method:
+  description: C(snapshot) when the backup's sealed clone was verified and swapped in, else C(pg_restore).
+  type: str
+  returned: always
+snapshot_note:
+  description: Why the snapshot clone was or was not used.
   type: str
   returned: always
 fingerprint_ok:
@@ -151,6 +166,7 @@ def main() -> None:
             jobs=dict(type="int", default=2),
             keep_forensic=dict(type="bool", default=True),
             rename_retries=dict(type="int", default=20),
+            use_snapshot=dict(type="bool", default=True),
             progress_file=dict(type="path"),
             pg_bindir=dict(type="path"),
             **CONN_ARGSPEC,
@@ -169,6 +185,7 @@ def main() -> None:
         rename_retries=max(p["rename_retries"], 0),
         pg_bindir=p["pg_bindir"],
         progress_file=p["progress_file"],
+        use_snapshot=p["use_snapshot"],
         check_mode=module.check_mode,
     )
     try:

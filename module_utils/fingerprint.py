@@ -119,3 +119,49 @@ def compare(expected: Fingerprint, actual: Fingerprint) -> list[str]:
         elif str(expected[key]["checksum"]) != str(actual[key]["checksum"]):
             problems.append(f"{key}: same row count ({actual[key]['rows']}) but different contents")
     return problems
+
+
+def parallel_fingerprint(connect_fn: Callable[[], object], jobs: int = 2) -> Fingerprint:
+    """Fingerprint a database nobody writes to with ``jobs`` connections, biggest tables first.
+
+    Only for a quiescent database (a sealed snapshot clone): the tables are read in different
+    transactions, which is the same as one snapshot only when nothing changes meanwhile. On two
+    cores this roughly halves the restore's verification, which is most of a snapshot swap's time.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # psycopg2 releases the GIL while it waits
+
+    first = connect_fn()
+    try:
+        with first.cursor() as cur:
+            cur.execute(
+                TABLES_SQL.replace("SELECT n.nspname, c.relname", "SELECT n.nspname, c.relname, c.relpages")
+            )
+            tables = [(schema, name) for schema, name, _pages in sorted(cur.fetchall(), key=lambda r: -r[2])]
+    finally:
+        first.close()
+    pending = list(tables)
+
+    def worker() -> Fingerprint:
+        conn = connect_fn()
+        try:
+            found: Fingerprint = {}
+            while pending:
+                try:
+                    schema, name = pending.pop(0)
+                except IndexError:
+                    break
+                conn.autocommit = False
+                with conn.cursor() as cur:
+                    pin_settings(cur)
+                    found[table_key(schema, name)] = table_fingerprint(cur, schema, name)
+                conn.rollback()
+            return found
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        parts = [pool.submit(worker) for _ in range(max(jobs, 1))]
+        result: Fingerprint = {}
+        for part in parts:
+            result.update(part.result())
+    return dict(sorted(result.items()))
