@@ -227,7 +227,13 @@ def create_database(cur, name: str, owner: str, info: TargetInfo) -> None:
         query += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             sql.Literal(info.encoding), sql.Literal(info.collate), sql.Literal(info.ctype)
         )
-    cur.execute(query)
+    try:
+        cur.execute(query)
+    except pg_errors.Error as exc:  # e.g. CREATEDB revoked: say so in one line, not as a traceback
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RestoreError(
+            f"cannot create database {name} to restore into: {reason}; nothing was swapped"
+        ) from None
 
 
 def run_pg_restore(
