@@ -10,6 +10,9 @@ suite costs a handful of ansible-playbook runs; the server kill and the concurre
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,7 +96,8 @@ def run_with_faults(
 ) -> Run:
     """One ansible-playbook run over every fault's host, with gated faults injected while it runs."""
     hosts = {
-        f.host: host_vars(pg, f.db, db_backup_dir=str(tmp / "backups" / f.host), **f.hostvars) for f in faults
+        f.host: host_vars(pg, f.db, **{"db_backup_dir": str(tmp / "backups" / f.host), **f.hostvars})
+        for f in faults
     }
     before = {f.host: snapshot(pg, f.db) for f in faults if f.db in databases(pg)}
     dbs_before = databases(pg)
@@ -340,3 +344,82 @@ def test_12_hostile_database_name_is_migrated_as_a_name_never_as_sql(fc: PgClust
     assert revision(fc, HOSTILE) == "0002"
     for db in ("f12a", "f12d", HOSTILE, TEMPLATE):
         assert snapshot(fc, db)["tables"]["public.users"]["rows"] == 200
+
+
+def test_argv_of_every_process_during_the_shared_run_holds_no_password(shared_run: Run):
+    assert shared_run.argv_samples > 20
+    assert shared_run.argv_leaks == []
+
+
+def test_verbose_output_holds_no_password(shared_run: Run):
+    for secret in (MIGRATOR_PASSWORD, APP_PASSWORD):
+        assert secret not in shared_run.stdout + shared_run.stderr
+
+
+# --- faults that need a run of their own --------------------------------------------------------------
+
+
+def solo(
+    pg: PgCluster, tmp: Path, db: str, hostvars: dict, fault: Callable[..., None] | None = None, *args: str
+) -> tuple[Run, dict]:
+    """One host, one run; returns the run and the host's report."""
+    run = run_with_faults(pg, [Fault("solo", db, hostvars, fault)], tmp, *args)
+    return run, run.reports["solo"]
+
+
+def kill_and_restart_server(pg: PgCluster, db: str, backups: Path, pid: int) -> None:
+    """SIGKILL every server process mid-migration (a crash: postmaster and backends), then start it again
+    (crash recovery). Killing only the postmaster would leave backends that keep the new one from starting."""
+    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    for pid in [postmaster, *inject.children(postmaster)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    inject.wait_gone(postmaster)
+    pg.start()
+
+
+def test_4_server_killed_mid_migration_then_back_is_restored(fc: PgCluster, tmp_path: Path):
+    db = clone(fc, "f4")
+    run, report = solo(fc, tmp_path, db, gated_early(tmp_path, "f4"), kill_and_restart_server)
+    assert run.returncode != 0
+    one_line(run, "solo", "revision 0002 failed")
+    assert report["outcome"] == "failed-and-restored", run.stdout[-3000:]
+    assert_unchanged(fc, run, "solo", db)
+    for secret in (MIGRATOR_PASSWORD, APP_PASSWORD):  # default verbosity, this time
+        assert secret not in run.stdout + run.stderr
+    assert run.argv_leaks == []
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 32 KiB tmpfs, smaller than the tiny database's archive (about 56 KiB): pg_dump runs out of space."""
+    mount = tmp_path / "tiny"
+    mount.mkdir(mode=0o700)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_6_backup_directory_out_of_space_refuses_and_leaves_nothing_behind(
+    fc: PgCluster, tmp_path: Path, tiny_filesystem: Path
+):
+    db = clone(fc, "f6")
+    dbs_before = databases(fc)
+    # The space estimate is told the archive is tiny, so the dump itself meets the full disk.
+    hostvars = {"db_backup_dir": str(tiny_filesystem / "backups"), "db_backup_space_factor": 0.0001}
+    run = run_with_faults(fc, [Fault("solo", db, hostvars)], tmp_path)
+    report = run.reports["solo"]
+    assert run.returncode != 0
+    one_line(run, "solo", "No space left on device")
+    assert report["outcome"] == "refused" and report["failed_step"] == "backup"
+    assert_unchanged(fc, run, "solo", db)
+    assert list((tiny_filesystem / "backups").iterdir()) == []  # no partial archive, no manifest
+    assert databases(fc) == dbs_before  # no side database (snapshot clone) left behind

@@ -56,6 +56,28 @@ def signal_backend(pg: PgCluster, dbname: str, pid: int, how: str) -> None:
         assert cur.fetchone()[0], f"could not {how} backend {pid}"
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of a process (from /proc), e.g. a postmaster's backends."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat_fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not end")
+        time.sleep(0.1)
+
+
 class ArgvSampler(threading.Thread):
     """Samples every process's argv while a run goes on; remembers any that holds a secret."""
 
