@@ -61,9 +61,10 @@ options:
       - C(snapshot) clones the database with C(CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY) when no
         other session is connected (it never terminates any) and returns C(snapshot_database), or why not
         in C(snapshot_skipped).
+      - C(prepare) runs every refusal (directory, space, revision) and creates the directory, dumping nothing.
       - C(drop_snapshot) drops the clone named by O(source_database) (only names of the snapshot scheme).
     type: str
-    choices: [dump, snapshot, drop_snapshot]
+    choices: [dump, prepare, snapshot, drop_snapshot]
     default: dump
   source_database:
     description:
@@ -178,7 +179,7 @@ def main() -> None:
             space_factor=dict(type="float", default=1.0),
             lock_wait_timeout=dict(type="str", default="60s"),
             expected_revision=dict(type="str", default=""),
-            step=dict(type="str", choices=["dump", "snapshot", "drop_snapshot"], default="dump"),
+            step=dict(type="str", choices=["dump", "prepare", "snapshot", "drop_snapshot"], default="dump"),
             source_database=dict(type="str"),
             maintenance_db=dict(type="str", default="postgres"),
             progress_file=dict(type="path"),
@@ -219,6 +220,7 @@ def main() -> None:
         check_mode=module.check_mode,
         source_database=p["source_database"] or None,
         maintenance_db=p["maintenance_db"],
+        prepare_only=p["step"] == "prepare",
     )
     try:
         result = run_backup(ci, request)

@@ -320,6 +320,9 @@ class BackupRequest:
     # Dump this database (a snapshot clone made by take_snapshot) instead of the connection's; the
     # manifest still names the connection's database, and records the clone for the restore.
     source_database: str | None = None
+    # Run every refusal (directory, space, revision, name) for real, create the directory, dump nothing:
+    # a dump that runs on while migrating must not discover a refusal only after the migration.
+    prepare_only: bool = False
     maintenance_db: str = "postgres"
     # Test hook: runs right after the snapshot is exported, before pg_dump and the fingerprint.
     after_snapshot: Callable[[str], None] | None = field(default=None, repr=False)
@@ -406,7 +409,7 @@ def run_backup(ci: ConnInfo, req: BackupRequest) -> dict:
         raise BackupError(f"unknown archive format {req.archive_format!r} (choose custom or directory)")
     directory = os.path.abspath(req.directory)
     req.directory = directory
-    created_dir = prepare_backup_dir(directory, req.check_mode)
+    created_dir = prepare_backup_dir(directory, req.check_mode and not req.prepare_only)
     progress = Progress(None if req.check_mode else req.progress_file)
     clock = time.monotonic()
     source_ci = ci.with_db(req.source_database) if req.source_database else ci
@@ -433,9 +436,9 @@ def run_backup(ci: ConnInfo, req: BackupRequest) -> dict:
             tables = list_tables(cur)
             needed = check_space(directory, db_size, req.space_factor)
             started, archive = _free_name(req, ci.dbname, revision)
-            if req.check_mode:
+            if req.check_mode or req.prepare_only:
                 return {
-                    "changed": True,
+                    "changed": created_dir,
                     "archive": archive,
                     "manifest_path": manifest_path_for(archive),
                     "would_create_dir": created_dir,
@@ -619,7 +622,8 @@ def seal_snapshot(ci: ConnInfo, maintenance_db: str, name: str) -> int:
 def drop_snapshot(ci: ConnInfo, maintenance_db: str, name: str) -> bool:
     """Drop a clone this pipeline made (nobody may connect to it, so no FORCE is needed). Only names
     of our scheme for this database are accepted: this never drops anything else."""
-    expected = re.escape(side_name(ci.dbname, SNAPSHOT_ROLE, "X")[:-1])
+    stamp_shape = "00000000T000000Z"
+    expected = re.escape(side_name(ci.dbname, SNAPSHOT_ROLE, stamp_shape)[: -len(stamp_shape)])
     if not re.fullmatch(expected + r"\d{8}T\d{6}Z", name):
         raise BackupError(f"{name!r} is not a snapshot of {ci.dbname!r}; not dropping it")
     conn = _maintenance_conn(ci, maintenance_db)

@@ -4,7 +4,7 @@
 --   %(users)s         number of users            (lab default 10000,  large 200000)
 --   %(meetings)s      number of meetings         (lab default 50000,  large 5000000)
 --   %(participants)s  number of legacy participant rows, unique per (meeting_id, user_id)
---                     (lab default 100000, large 10000000; capped at meetings * users)
+--                     (lab default 100000, large 5000000; capped at meetings * users)
 --
 -- Set-based (generate_series), deterministic (setseed; serial plans: INSERT ... SELECT never runs in
 -- parallel), times relative to the current hour so "past", "in progress" and "scheduled" all exist.
