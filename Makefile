@@ -40,9 +40,8 @@ lab: venv ## Start the lab: staging (55432) and production (55433) clusters with
 lab-down: venv ## Stop the lab clusters and remove their data.
 	ansible-playbook $(LAB_INVENTORIES) playbooks/lab.yml -e lab_state=absent
 
-demo: lab ## Start the lab and run the pipeline on lab staging, then lab production.
-	ansible-playbook -i inventories/lab/staging playbooks/migrate.yml
-	ansible-playbook -i inventories/lab/production playbooks/migrate.yml
+demo: lab ## Start the lab and release: lab staging, then (only if staging succeeded) lab production.
+	ansible-playbook $(LAB_INVENTORIES) playbooks/release.yml
 
 test: lint pytest molecule ## Every check: yamllint, ansible-lint, ruff, pytest, molecule.
 
