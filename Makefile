@@ -18,7 +18,7 @@ export PY_COLORS ?= 0
 
 LAB_INVENTORIES := -i inventories/lab/staging -i inventories/lab/production
 
-.PHONY: help venv lab lab-down demo test lint yamllint ansible-lint ruff pytest molecule clean
+.PHONY: help venv lab lab-down demo test bench lint yamllint ansible-lint ruff pytest molecule clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -62,6 +62,9 @@ pytest: venv
 
 molecule: venv
 	molecule test --all
+
+bench: venv ## Benchmark at lab scale large (own cluster on 56116, removed after): bench/results.{json,md}. Not in test.
+	python bench/run.py --scale $(or $(BENCH_SCALE),large)
 
 clean: lab-down ## Stop the lab and remove the virtualenv.
 	rm -rf $(VENV) .cache
