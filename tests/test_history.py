@@ -1,0 +1,94 @@
+"""module_utils.history against a real database, without Ansible: the cases the playbook tests leave out.
+
+The end-to-end behaviour (rows written by migrate.yml, the gate, release.yml) is in tests/test_gate.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from pgcluster import PgCluster
+
+from module_utils import history
+from module_utils.checksums import revision_checksums, schema_fingerprint
+from module_utils.pgconn import ConnInfo, connect
+
+CHAIN = revision_checksums("alembic.ini")
+
+
+def conn_to(pg: PgCluster, dbname: str):
+    return contextlib.closing(
+        connect(ConnInfo("127.0.0.1", pg.port, dbname, "meetings_owner", "lab-owner-pw"))
+    )
+
+
+def start(run_id: str, **extra) -> history.Start:
+    return history.Start(
+        run_id=run_id,
+        environment="staging",
+        database="db",
+        inventory_host="h",
+        current_revision="base",
+        target_revision="0005",
+        applied_revisions=set(),
+        on_disk=CHAIN,
+        **extra,
+    )
+
+
+def succeed(conn, run_id: str, revisions: list[str], **extra) -> None:
+    history.finish_run(
+        conn,
+        {
+            "run_id": run_id,
+            "environment": "staging",
+            "database_name": "db",
+            "inventory_host": "h",
+            "outcome": "succeeded",
+            "revision_to": revisions[-1],
+            "applied": {rev: CHAIN[rev] for rev in revisions},
+            **extra,
+        },
+    )
+
+
+def test_the_gate_names_the_soak_time_and_revisions_staging_never_applied(pg: PgCluster, dbname: str):
+    with conn_to(pg, dbname) as conn:
+        history.ensure_schema(conn)
+        succeed(conn, "r1", ["0002", "0003"])
+        problems, _ = history.gate_problems(conn, "0003", ["0002", "0003"], CHAIN, soak_seconds=3600)
+        assert len(problems) == 1 and "only 0s ago; the soak time is 60min" in problems[0]
+
+        problems, _ = history.gate_problems(conn, "0004", ["0002", "0003", "0004"], CHAIN, soak_seconds=0)
+        assert problems == [
+            "staging has no succeeded run to 0004 (its last succeeded run reached 0003)",
+            "revision 0004 (0004_add_user_phone.py) was never applied on staging",
+        ]
+        assert history.gate_problems(conn, "0003", [], CHAIN, soak_seconds=10**6) == (
+            [],
+            {
+                "staging_run_id": None,
+                "staging_finished_at": None,
+            },
+        )
+
+
+def test_resolving_needs_a_reason_and_an_unfinished_run(pg: PgCluster, dbname: str):
+    with conn_to(pg, dbname) as conn:
+        history.start_run(conn, start("r1"), schema_fingerprint(conn))
+        with pytest.raises(history.HistoryError, match="needs a reason"):
+            history.start_run(conn, start("r2", resolve_run="r1"), schema_fingerprint(conn))
+        with pytest.raises(history.HistoryError, match="no unresolved running run 'nope'"):
+            history.start_run(
+                conn, start("r3", resolve_run="nope", resolve_reason="x"), schema_fingerprint(conn)
+            )
+        with conn.cursor() as cur:  # the refusals rolled back: no row for r2 or r3, r1 still unresolved
+            cur.execute("SELECT run_id, outcome, resolution FROM pipeline_history.runs")
+            assert cur.fetchall() == [("r1", "running", None)]
+
+
+def test_check_mode_writes_nothing_not_even_the_schema(pg: PgCluster, dbname: str):
+    with conn_to(pg, dbname) as conn:
+        facts = history.start_run(conn, start("r1", check_mode=True), schema_fingerprint(conn))
+        assert facts["recorded"] is False and not history.table_exists(conn)
