@@ -236,6 +236,9 @@ def start_run(conn, start: Start, fingerprint: str) -> dict:
                 problems.append(_blocked_message(blocked))
             last = _last_fingerprint(cur, start.current_revision)
             facts["drift"] = drift_message(start, last, fingerprint)
+            recorded_drift = facts["drift"]
+            if recorded_drift and start.accept_drift.strip():
+                recorded_drift += f" (accepted: {start.accept_drift.strip()})"
             if not start.check_mode:
                 cur.execute(
                     f"INSERT INTO {TABLE} (run_id, environment, database_name, inventory_host, run_by,"
@@ -251,7 +254,7 @@ def start_run(conn, start: Start, fingerprint: str) -> dict:
                         RUNNING,
                         start.current_revision,
                         start.target_revision,
-                        facts["drift"] or None,
+                        recorded_drift or None,
                     ],
                 )
                 facts["recorded"] = True

@@ -24,17 +24,16 @@ def conn_to(pg: PgCluster, dbname: str):
 
 
 def start(run_id: str, **extra) -> history.Start:
-    return history.Start(
-        run_id=run_id,
-        environment="staging",
-        database="db",
-        inventory_host="h",
-        current_revision="base",
-        target_revision="0005",
-        applied_revisions=set(),
-        on_disk=CHAIN,
-        **extra,
-    )
+    fields = {
+        "environment": "staging",
+        "database": "db",
+        "inventory_host": "h",
+        "current_revision": "base",
+        "target_revision": "0005",
+        "applied_revisions": set(),
+        "on_disk": CHAIN,
+    }
+    return history.Start(run_id=run_id, **{**fields, **extra})
 
 
 def succeed(conn, run_id: str, revisions: list[str], **extra) -> None:
@@ -92,3 +91,24 @@ def test_check_mode_writes_nothing_not_even_the_schema(pg: PgCluster, dbname: st
     with conn_to(pg, dbname) as conn:
         facts = history.start_run(conn, start("r1", check_mode=True), schema_fingerprint(conn))
         assert facts["recorded"] is False and not history.table_exists(conn)
+
+
+def test_drift_is_refused_where_asked_and_an_accepted_drift_is_recorded_with_its_reason(
+    pg: PgCluster, dbname: str
+):
+    with conn_to(pg, dbname) as conn:
+        succeed(conn, "r1", ["0002"], schema_fingerprint=schema_fingerprint(conn))
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE by_hand (id int)")
+        refuse = {"current_revision": "0002", "refuse_drift": True}
+        with pytest.raises(history.HistoryError, match="drifted since run r1 left it at revision 0002"):
+            history.start_run(conn, start("r2", **refuse), schema_fingerprint(conn))
+        facts = history.start_run(
+            conn, start("r3", accept_drift="hotfix table, ticket 7", **refuse), schema_fingerprint(conn)
+        )
+        assert facts["drift"]
+        with conn.cursor() as cur:
+            cur.execute("SELECT run_id, outcome, drift FROM pipeline_history.runs WHERE run_id <> 'r1'")
+            rows = {r[0]: r[1:] for r in cur.fetchall()}
+        assert rows["r2"][0] == "refused"
+        assert rows["r3"][0] == "running" and rows["r3"][1].endswith("(accepted: hotfix table, ticket 7)")
