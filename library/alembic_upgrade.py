@@ -50,6 +50,15 @@ options:
     description: Alembic's version table (as the project's env.py names it).
     type: str
     default: alembic_version
+  lock_retries:
+    description: Run a revision again this many times when it gives up waiting for a lock (after env.py's
+      own per-statement retries) and its work was rolled back; 0 never retries.
+    type: int
+    default: 0
+  lock_retry_delay:
+    description: Seconds before the first such retry; each next one waits twice as long.
+    type: float
+    default: 10
   login_host:
     description: Database server host.
     type: str
@@ -107,6 +116,11 @@ pending:
   type: list
   elements: str
   returned: always
+retries:
+  description: Each revision run again after a lock timeout (revision, attempt, delay, error).
+  type: list
+  elements: dict
+  returned: always
 applied:
   description: Revisions applied, each with its duration.
   type: list
@@ -153,6 +167,8 @@ def main() -> None:
             batch_sleep=dict(type="str", default=""),
             progress_file=dict(type="path", default=""),
             version_table=dict(type="str", default="alembic_version"),
+            lock_retries=dict(type="int", default=0),
+            lock_retry_delay=dict(type="float", default=10.0),
             **CONN_ARGSPEC,
         ),
         supports_check_mode=True,
@@ -175,6 +191,8 @@ def main() -> None:
             progress_file=p["progress_file"] or None,
             check_mode=module.check_mode,
             version_table=p["version_table"],
+            lock_retries=p["lock_retries"],
+            lock_retry_delay=p["lock_retry_delay"],
         )
     except MigrationError as exc:
         module.fail_json(msg=str(exc))

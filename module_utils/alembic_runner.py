@@ -401,11 +401,17 @@ def upgrade(
     check_mode: bool = False,
     version_table: str = "alembic_version",
     python: str | None = None,
+    lock_retries: int = 0,
+    lock_retry_delay: float = 10.0,
 ) -> dict:
     """Apply pending revisions one at a time; the result says what ran, how long, and where it stopped.
 
     Returns a dict with `failed` and `msg` rather than raising for a failed revision, because the
     caller (and the rescue that restores the backup) needs the partial progress as data.
+
+    A revision that gives up waiting for a lock (after env.py's own per-statement retries) is run again
+    up to `lock_retries` times, `lock_retry_delay` seconds later, doubling: a long transaction that ends
+    a minute later should not cost a restore. Each retry is listed in the result's `retries`.
     """
     options = options or Options()
     progress = Progress(progress_file)
@@ -427,6 +433,7 @@ def upgrade(
         "row_count_changes": {},
         "sql": "",
         "alembic_config": chain.config_path,
+        "retries": [],
     }
     if not p.pending:
         progress.line(f"database already at {p.target}: nothing to apply")
@@ -447,15 +454,25 @@ def upgrade(
         for n, rev in enumerate(p.pending, start=1):
             progress.line(f"[{n}/{total}] {rev}: starting")
             started = time.monotonic()
-            rc, tail = _run_streaming(
-                alembic_argv(chain.config_path, options, "upgrade", rev, python=python),
-                cwd=os.path.dirname(chain.config_path),
-                env=env,
-                on_line=lambda line, rev=rev: progress.line(f"[{rev}] {line}"),
-            )
+            delay = lock_retry_delay
+            for attempt in range(1, lock_retries + 2):
+                rc, tail = _run_streaming(
+                    alembic_argv(chain.config_path, options, "upgrade", rev, python=python),
+                    cwd=os.path.dirname(chain.config_path),
+                    env=env,
+                    on_line=lambda line, rev=rev: progress.line(f"[{rev}] {line}"),
+                )
+                error = root_error(tail) if rc != 0 else ""
+                if rc == 0 or attempt > lock_retries or not _retryable(error, ci, version_table, result):
+                    break
+                retry = {"revision": rev, "attempt": attempt, "delay": delay, "error": error}
+                result["retries"].append(retry)
+                progress.line(f"[{rev}] lock timeout, retry {attempt}/{lock_retries} in {delay:g}s: {error}")
+                time.sleep(delay)
+                delay *= 2
             seconds = round(time.monotonic() - started, 3)
             if rc != 0:
-                return _failed(result, chain, ci, rev, seconds, root_error(tail), version_table, progress)
+                return _failed(result, chain, ci, rev, seconds, error, version_table, progress)
             result["applied"].append({"revision": rev, "seconds": seconds})
             result["revision_after"] = rev
             result["changed"] = True
@@ -464,6 +481,25 @@ def upgrade(
     result["msg"] = f"applied {', '.join(p.pending)} ({p.current_label} -> {p.target})"
     progress.line(f"finished: database at {p.target}")
     return result
+
+
+def is_lock_timeout(error: str) -> bool:
+    return "lock timeout" in error or "LockNotAvailable" in error
+
+
+def _retryable(error: str, ci: pgconn.ConnInfo, version_table: str, result: dict) -> bool:
+    """A lock timeout, and the revision's work rolled back: the database is still where it was."""
+    if not is_lock_timeout(error):
+        return False
+    try:
+        conn = pgconn.connect(ci)
+        try:
+            now = read_current_revision(conn, version_table) or BASE
+        finally:
+            conn.close()
+    except Exception:
+        return False
+    return now == result["revision_after"]
 
 
 def _failed(
