@@ -10,19 +10,23 @@ suite costs a handful of ansible-playbook runs; the server kill and the concurre
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import stat
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2.errors
 import pytest
-from ansible_run import host_vars
+from ansible_run import host_vars, run_playbook
 from conftest import run_alembic, seed
 from faults import inject, projects
-from faults.state import app_can_read, databases, differences, revision, snapshot
+from faults.state import HISTORY_SCHEMA, app_can_read, databases, differences, revision, snapshot
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster, cluster_context, free_port
 from psycopg2 import sql
 
@@ -89,6 +93,7 @@ class Run:
     dbs_before: set[str]
     argv_leaks: list[str]
     argv_samples: int
+    tmp: Path
 
 
 def run_with_faults(
@@ -138,6 +143,7 @@ def run_with_faults(
         dbs_before=dbs_before,
         argv_leaks=sampler.leaks,
         argv_samples=sampler.samples,
+        tmp=tmp,
     )
 
 
@@ -221,6 +227,9 @@ def shared_run(fc: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         Fault("f12_wrong_password", clone(fc, "f12b"), {"db_migration_user": WRONG_PW_ROLE}),
         Fault("f12_unknown_target", clone(fc, "f12c"), {"db_migrate_target": "9999"}),
         Fault("f12_hostile_role", clone(fc, "f12d"), {"db_migration_user": HOSTILE}),
+        Fault(
+            "f12_hostile_setting", clone(fc, "f12e"), {"db_migrate_lock_timeout": "1s'; DROP TABLE users; --"}
+        ),
         Fault("f12_hostile_database", clone(fc, HOSTILE), {"db_migrate_target": "0002"}),
     ]
     # Fault 11: a long transaction of the application holds a lock every DDL of 0002 needs.
@@ -252,7 +261,7 @@ def test_run_fails_and_reports_every_host(shared_run: Run):
     assert shared_run.returncode != 0
     failed = set(shared_run.failures)
     assert failed == {h for h in shared_run.reports if h != "f12_hostile_database"}, shared_run.stdout[-4000:]
-    assert len(shared_run.reports) == 12
+    assert len(shared_run.reports) == 13
 
 
 def test_1_revision_failing_mid_chain_after_committed_batches_is_restored(fc: PgCluster, shared_run: Run):
@@ -310,7 +319,8 @@ def test_7_8_failed_restores_leave_no_stray_database(fc: PgCluster, shared_run: 
         if r["restore"]["forensic_database"]
     }
     assert databases(fc) - shared_run.dbs_before == forensic
-    assert len(forensic) == 5  # f1, f2, f3, f5, f11: the failed databases kept for forensics
+    restored = [r for r in shared_run.reports.values() if r["outcome"] == "failed-and-restored"]
+    assert len(forensic) == len(restored) >= 5  # each restored database's failed copy kept for forensics
 
 
 def test_11_lock_held_by_a_long_transaction_fails_cleanly_naming_the_lock(fc: PgCluster, shared_run: Run):
@@ -342,8 +352,89 @@ def test_12_bad_inventory_is_refused_before_anything_changes(
 def test_12_hostile_database_name_is_migrated_as_a_name_never_as_sql(fc: PgCluster, shared_run: Run):
     assert shared_run.reports["f12_hostile_database"]["outcome"] == "succeeded"
     assert revision(fc, HOSTILE) == "0002"
-    for db in ("f12a", "f12d", HOSTILE, TEMPLATE):
+    for db in ("f12a", "f12d", "f12e", HOSTILE, TEMPLATE):
         assert snapshot(fc, db)["tables"]["public.users"]["rows"] == 200
+
+
+def test_12_hostile_setting_is_refused_never_pasted_into_sql(fc: PgCluster, shared_run: Run):
+    one_line(shared_run, "f12_hostile_setting", "lock_timeout")
+    assert shared_run.reports["f12_hostile_setting"]["outcome"] in ("refused", "failed-and-restored")
+    assert_unchanged(fc, shared_run, "f12_hostile_setting", "f12e")
+
+
+# --- security: what the shared run left behind ----------------------------------------------------------
+
+
+def test_no_password_in_reports_progress_manifests_or_archives(shared_run: Run):
+    """Every file the run wrote (the test's own inventory and vars files aside) is free of passwords."""
+    written = [p for d in ("reports", "backups") for p in (shared_run.tmp / d).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".dump" for p in written) and any(p.suffix == ".progress" for p in written)
+    for path in written:
+        content = path.read_bytes()
+        for secret in (MIGRATOR_PASSWORD, APP_PASSWORD):
+            assert secret.encode() not in content, path
+
+
+def test_backups_are_private_to_the_runner(shared_run: Run):
+    backup_dirs = [p for p in (shared_run.tmp / "backups").iterdir() if p.is_dir()]  # a db_backup_dir each
+    assert any(backup_dirs)
+    for path in [*backup_dirs, *(p for d in backup_dirs for p in d.rglob("*"))]:
+        st = path.stat()
+        assert st.st_uid == os.geteuid(), path
+        assert stat.S_IMODE(st.st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+def history_tables(pg: PgCluster, db: str) -> list[str]:
+    with contextlib.closing(pg.superuser_conn(db)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables"
+            " WHERE schemaname = %s",
+            [HISTORY_SCHEMA],
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def test_history_holds_no_password_and_is_not_writable_by_the_application_role(
+    fc: PgCluster, shared_run: Run
+):
+    tables = history_tables(fc, HOSTILE)
+    assert tables, "no run history in the migrated database"
+    with contextlib.closing(fc.superuser_conn(HOSTILE)) as conn, conn.cursor() as cur:
+        for table in tables:
+            cur.execute(f"SELECT coalesce(string_agg(h::text, ' '), '') FROM {table} AS h")
+            text = cur.fetchone()[0]
+            assert MIGRATOR_PASSWORD not in text and APP_PASSWORD not in text, table
+    with contextlib.closing(fc.connect(HOSTILE, user=APP, password=APP_PASSWORD)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for table in tables:
+                for statement in (f"DELETE FROM {table}", f"UPDATE {table} SET outcome = outcome"):
+                    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                        cur.execute(statement)
+
+
+def test_restore_refuses_an_archive_that_others_can_write(fc: PgCluster, shared_run: Run):
+    manifest = Path(shared_run.reports["f12_hostile_database"]["backup"]["manifest"])
+    archive = Path(json.loads(manifest.read_text())["archive"])
+    before = snapshot(fc, HOSTILE)
+    archive.chmod(0o666)
+    try:
+        tmp = shared_run.tmp / "restore"
+        tmp.mkdir()
+        proc = run_playbook(
+            "playbooks/restore.yml",
+            {"hostile": host_vars(fc, HOSTILE)},
+            {"backup": str(manifest), "db_report_dir": str(tmp / "reports"), **FAST_POLL},
+            tmp,
+        )
+    finally:
+        archive.chmod(0o600)
+    assert proc.returncode != 0
+    lines = [
+        line for msg in inject.failures_by_host(proc.stdout).get("hostile", []) for line in msg.splitlines()
+    ]
+    assert any("writable by group/others" in line for line in lines), lines
+    assert differences(before, snapshot(fc, HOSTILE)) == []
 
 
 def test_argv_of_every_process_during_the_shared_run_holds_no_password(shared_run: Run):
@@ -408,7 +499,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_6_backup_directory_out_of_space_refuses_and_leaves_nothing_behind(
+def test_6_backup_directory_out_of_space_fails_cleanly_and_leaves_no_partial_archive(
     fc: PgCluster, tmp_path: Path, tiny_filesystem: Path
 ):
     db = clone(fc, "f6")
@@ -418,8 +509,97 @@ def test_6_backup_directory_out_of_space_refuses_and_leaves_nothing_behind(
     run = run_with_faults(fc, [Fault("solo", db, hostvars)], tmp_path)
     report = run.reports["solo"]
     assert run.returncode != 0
-    one_line(run, "solo", "No space left on device")
-    assert report["outcome"] == "refused" and report["failed_step"] == "backup"
-    assert_unchanged(fc, run, "solo", db)
-    assert list((tiny_filesystem / "backups").iterdir()) == []  # no partial archive, no manifest
-    assert databases(fc) == dbs_before  # no side database (snapshot clone) left behind
+    line = one_line(run, "solo", "No space left on device")
+    assert report["outcome"] != "succeeded"
+    # The dump may run before the migration (nothing changed) or beside it (the database is at the target).
+    if revision(fc, db) != HEAD:
+        assert_unchanged(fc, run, "solo", db)
+    assert app_can_read(fc, db) == ""
+    leftovers = [p.name for p in (tiny_filesystem / "backups").iterdir()]
+    assert not [name for name in leftovers if name.endswith((".dump", ".partial", ".json"))], leftovers
+    # A side database may stay only when the failure line names it for the operator.
+    assert all(name in line for name in databases(fc) - dbs_before), (databases(fc) - dbs_before, line)
+
+
+def migration_sessions(pg: PgCluster, db: str) -> int:
+    with contextlib.closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s", (db, MIGRATOR)
+        )
+        return cur.fetchone()[0]
+
+
+def test_9_second_run_while_the_first_migrates_is_refused_and_the_first_finishes(
+    fc: PgCluster, tmp_path: Path
+):
+    db = clone(fc, "f9")
+    # Few rename retries: should the second run ever restore over the first, fail fast instead of waiting.
+    hostvars = {**gated_early(tmp_path, "f9"), "db_migrate_target": "0002", "db_restore_rename_retries": 2}
+    second: dict = {}
+
+    def start_a_second_run(pg: PgCluster, db: str, backups: Path, pid: int) -> None:
+        second["before"] = snapshot(pg, db)
+        (tmp_path / "second").mkdir()
+        second["proc"] = run_playbook(
+            "playbooks/migrate.yml",
+            {"second": host_vars(pg, db, db_backup_dir=str(tmp_path / "second" / "backups"), **hostvars)},
+            {"db_report_dir": str(tmp_path / "second" / "reports"), **FAST_POLL},
+            tmp_path / "second",
+            timeout=240,
+        )
+        second["after"] = snapshot(pg, db)
+
+    first, first_report = solo(fc, tmp_path / "first", db, hostvars, start_a_second_run)
+    proc = second["proc"]
+    assert proc.returncode != 0
+    lines = [
+        line for msg in inject.failures_by_host(proc.stdout).get("second", []) for line in msg.splitlines()
+    ]
+    # It names the run in progress (id, start, user@host) and changes nothing.
+    assert any(first_report["run_id"] in line for line in lines), lines
+    assert inject.reports(tmp_path / "second" / "reports")["second"]["outcome"] == "refused"
+    assert differences(second["before"], second["after"]) == []  # the second run touched nothing
+    assert first.returncode == 0 and first_report["outcome"] == "succeeded", first.stdout[-3000:]
+    assert revision(fc, db) == "0002"
+
+
+def test_10_killed_ansible_playbook_is_detected_by_the_next_run(fc: PgCluster, tmp_path: Path):
+    db = clone(fc, "f10")
+    hostvars = {**gated_early(tmp_path, "f10"), "db_migrate_target": "0002"}
+    gate = inject.Gate(fc, db)
+    first = tmp_path / "first"
+    hosts = {"solo": host_vars(fc, db, db_backup_dir=str(first / "backups"), **hostvars)}
+    try:
+        with inject.playbook(
+            "playbooks/migrate.yml", hosts, {"db_report_dir": str(first / "reports"), **FAST_POLL}, first
+        ) as proc:
+            pid = gate.wait_for_migration()
+            os.killpg(proc.pid, signal.SIGKILL)  # the runner dies; its background migration lives on
+            proc.communicate()
+        # An operator ends the orphaned migration session; the orphaned job then exits by itself.
+        inject.signal_backend(fc, db, pid, "terminate")
+    finally:
+        gate.release()
+    deadline = time.monotonic() + 30
+    while migration_sessions(fc, db) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (progress,) = (first / "reports").glob("*.progress")
+    killed_run_id = progress.name.split("__")[0]
+    before = snapshot(fc, db)
+
+    second = tmp_path / "second"
+    second.mkdir()
+    proc2 = run_playbook(
+        "playbooks/migrate.yml",
+        {"solo": host_vars(fc, db, db_backup_dir=str(second / "backups"), **hostvars)},
+        {"db_report_dir": str(second / "reports"), **FAST_POLL},
+        second,
+        timeout=240,
+    )
+    assert proc2.returncode != 0
+    lines = [
+        line for msg in inject.failures_by_host(proc2.stdout).get("solo", []) for line in msg.splitlines()
+    ]
+    assert any(killed_run_id in line and "never finished" in line for line in lines), lines
+    assert inject.reports(second / "reports")["solo"]["outcome"] == "refused"
+    assert differences(before, snapshot(fc, db)) == []
