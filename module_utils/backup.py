@@ -554,11 +554,11 @@ def _maintenance_conn(ci: ConnInfo, maintenance_db: str):
 
 def other_sessions(cur, database: str) -> tuple[int, str]:
     """Client sessions on the database other than ours, and their users (pg_stat_activity shows every
-    backend's database, type and user to every role). Autovacuum workers do not count: CREATE DATABASE
-    cancels them on the template itself."""
+    backend's database and user to every role). Autovacuum workers (no user) do not count: CREATE
+    DATABASE cancels them on the template itself."""
     cur.execute(
         "SELECT count(*), coalesce(string_agg(DISTINCT usename, ', '), '') FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker'",
+        "WHERE datname = %s AND pid <> pg_backend_pid() AND usesysid IS NOT NULL",
         (database,),
     )
     count, users = cur.fetchone()
