@@ -8,6 +8,14 @@ hides their state, so the check refuses in one line rather than seeing an idle d
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -182,3 +190,156 @@ def assess(conn, limits: Limits, check_mode: bool = False, sleep=time.sleep) -> 
         "reasons": reasons,
         "warnings": warnings,
     }
+
+
+# --- One run per database: an advisory lock held by a small process for the whole run ----------------
+
+RUN_LOCK_NAME = "pg-migrate-run"
+
+# The holder: connects (password from stdin, never argv), takes the lock without waiting, says whether
+# it got it, and keeps its session open until the token file goes or the ansible-playbook it serves dies.
+# Its session closing releases the lock, so a killed run never leaves the database locked.
+_HOLDER = r"""
+import json, os, sys, time
+import psycopg2
+cfg = json.loads(sys.stdin.readline())
+try:
+    conn = psycopg2.connect(host=cfg["host"], port=cfg["port"], dbname=cfg["dbname"], user=cfg["user"],
+                            password=cfg["password"] or None, connect_timeout=cfg["connect_timeout"],
+                            application_name=cfg["application_name"])
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT pg_try_advisory_lock(%s)", [cfg["key"]])
+    locked = cur.fetchone()[0]
+except Exception as exc:
+    print(json.dumps({"locked": False, "error": str(exc).strip().splitlines()[0]}), flush=True)
+    sys.exit(0)
+print(json.dumps({"locked": locked, "pid": os.getpid()}), flush=True)
+if not locked:
+    sys.exit(0)
+sys.stdout.close()
+while os.path.exists(cfg["token"]) and (not cfg["watch_pid"] or os.path.exists(f"/proc/{cfg['watch_pid']}")):
+    time.sleep(1)
+"""
+
+_HOLDERS = """
+SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local') AS client,
+       to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS since
+  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+"""
+
+
+def run_lock_key(name: str = RUN_LOCK_NAME) -> int:
+    """First 8 bytes of sha256(name), signed (distinct from env.py's per-command Alembic lock)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _playbook_pid() -> int:
+    """The ansible-playbook process this module serves (walking up from our parent), 0 if none."""
+    pid = os.getppid()
+    for _ in range(10):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ")
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0
+        if b"ansible-playbook" in cmdline:
+            return pid
+        if parent <= 1:
+            return 0
+        pid = parent
+    return 0
+
+
+def lock_holders(conn, key: int) -> list[dict]:
+    with conn.cursor() as cur:
+        unsigned = key & 0xFFFFFFFFFFFFFFFF  # pg_locks splits a bigint key into two unsigned halves
+        cur.execute(_HOLDERS, [unsigned >> 32, unsigned & 0xFFFFFFFF])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def run_lock_for(dbname: str) -> int:
+    """The run lock's key for one target database (taken in the maintenance database, see below)."""
+    return run_lock_key(f"{RUN_LOCK_NAME}:{dbname}")
+
+
+def acquire_run_lock(
+    ci,
+    run_id: str,
+    token: str,
+    maintenance_db: str = "postgres",
+    watch_pid: int | None = None,
+    timeout: float = 30,
+) -> dict:
+    """Start the holder; {"locked": True, "holder_pid", ...} or {"locked": False}.
+
+    The holder sits in the maintenance database, not the target: the snapshot backup (CREATE DATABASE
+    ... TEMPLATE) and the restore's swap need the target free of sessions, and must not end the lock.
+    """
+    key = run_lock_for(ci.dbname)
+    target = ci.dbname
+    ci = ci.with_db(maintenance_db)
+    application_name = f"pg-migrate run {run_id} on {socket.gethostname()} for {target}"[:63]
+    os.makedirs(os.path.dirname(os.path.abspath(token)), mode=0o700, exist_ok=True)
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    cfg = {
+        "host": ci.host,
+        "port": ci.port,
+        "dbname": ci.dbname,
+        "user": ci.user,
+        "password": ci.password,
+        "connect_timeout": ci.connect_timeout,
+        "application_name": application_name,
+        "key": key,
+        "token": token,
+        "watch_pid": _playbook_pid() if watch_pid is None else watch_pid,
+    }
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(cfg) + "\n")
+    proc.stdin.close()
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    answer = json.loads(proc.stdout.readline() or "{}") if ready else {}
+    proc.stdout.close()
+    if answer.get("locked"):
+        with open(token, "w", encoding="utf-8") as f:
+            f.write(str(proc.pid))
+        return {"locked": True, "holder_pid": proc.pid, "application_name": application_name}
+    os.unlink(token)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if "error" in answer or not answer:
+        why = answer.get("error", "the lock holder did not answer")
+        raise ActivityError(f"cannot take the run lock: {why}")
+    return {"locked": False}
+
+
+def release_run_lock(token: str) -> bool:
+    """Remove the token (the holder notices within a second) and end the holder now; idempotent."""
+    try:
+        with open(token, encoding="utf-8") as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    os.unlink(token)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return True

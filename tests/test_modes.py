@@ -1,21 +1,25 @@
-"""Lock safety while migrating, through migrate.yml: a long transaction holds a lock 0002's DDL needs.
+"""Lock safety through migrate.yml: one run per database, and lock timeouts retried, never half-applied.
 
-lock_timeout fires, the revision is retried (env.py per statement, then the runner per revision, with
-backoff) and the retries are reported. Either the blocker ends and the run succeeds, or it never does and
-the run fails and restores: nothing half-applied either way.
+Two runs started together: exactly one migrates, the other stops in pre-flight naming the holder.
+A long transaction holds a lock 0002's DDL needs: lock_timeout fires, the revision is retried (env.py per
+statement, then the runner per revision, with backoff) and the retries are reported. Either the blocker
+ends and the run succeeds, or it never does and the run fails and restores: nothing half-applied.
 """
 
 from __future__ import annotations
 
 import contextlib
+import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from ansible_run import failure_lines
-from pgcluster import APP, APP_PASSWORD, PgCluster
-from test_pipeline import fingerprint, migrate, reports, revision
+from ansible_run import ROOT, ansible_env, failure_lines, playbook_cmd, single_host
+from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
+from test_pipeline import fingerprint, migrate, pipeline_vars, reports, revision
 
+from module_utils import activity, pgconn
 from module_utils.fingerprint import compare
 
 FAST_LOCKS = {
@@ -77,3 +81,65 @@ def test_a_lock_that_is_never_released_fails_and_restores_with_nothing_half_appl
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "failed-and-restored"
     assert [r["attempt"] for r in report["steps"]["migrate"]["retries"]] == [1]
+
+
+def test_two_simultaneous_runs_exactly_one_migrates_and_the_other_names_the_holder(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+):
+    procs = []
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        cmd = playbook_cmd(
+            "playbooks/migrate.yml", single_host(pg, seeded_db), pipeline_vars(run_dir), run_dir
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0 and codes[1] != 0, outputs
+    loser_index = [p.returncode for p in procs].index(codes[1])
+    winner = reports(tmp_path / ("first", "second")[1 - loser_index] / "reports")[0]
+    # The loser stops in pre-flight naming the winner's run: the history's unfinished-run check or, when
+    # both pass it at the same instant, the run lock (whose holder's application name carries the run id).
+    line = next(x for x in outputs[loser_index].splitlines() if "fatal:" in x and winner["run_id"] in x)
+    assert "never finished" in line or "another run holds the run lock" in line
+    assert revision(pg, seeded_db) == "0005"
+    outcomes = sorted(
+        r["outcome"] for name in ("first", "second") for r in reports(tmp_path / name / "reports")
+    )
+    assert outcomes == ["refused", "succeeded"]
+    assert not list((tmp_path / ("first", "second")[loser_index]).glob("backups/*"))  # it backed nothing up
+
+
+def test_the_run_lock_admits_one_holder_names_it_and_is_released(pg: PgCluster, dbname: str, tmp_path: Path):
+    ci = pgconn.ConnInfo("127.0.0.1", pg.port, dbname, MIGRATOR, MIGRATOR_PASSWORD)
+    first = activity.acquire_run_lock(ci, "RUN-ONE", str(tmp_path / "one.token"), watch_pid=0)
+    assert first["locked"] and stat.S_IMODE((tmp_path / "one.token").stat().st_mode) == 0o600
+    try:
+        assert activity.acquire_run_lock(ci, "RUN-TWO", str(tmp_path / "two.token"), watch_pid=0) == {
+            "locked": False
+        }
+        assert not (tmp_path / "two.token").exists()
+        with contextlib.closing(pgconn.connect(ci.with_db("postgres"))) as conn:
+            (holder,) = activity.lock_holders(conn, activity.run_lock_for(dbname))
+        assert holder["application_name"].startswith("pg-migrate run RUN-ONE on ")
+        assert holder["since"].startswith("20")
+        # The holder sits in the maintenance database: the target stays free for snapshots and swaps.
+        with contextlib.closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [dbname])
+            assert cur.fetchone()[0] == 0
+    finally:
+        assert activity.release_run_lock(str(tmp_path / "one.token"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        again = activity.acquire_run_lock(ci, "RUN-THREE", str(tmp_path / "three.token"), watch_pid=0)
+        if again["locked"]:
+            break
+        time.sleep(0.3)
+    assert again["locked"]
+    assert activity.release_run_lock(str(tmp_path / "three.token"))
+    assert activity.release_run_lock(str(tmp_path / "three.token")) is False  # idempotent
