@@ -133,6 +133,30 @@ def connect(url: str) -> sa.Connection:
         raise CommandError(explain_connect_error(parsed, exc.orig or exc)) from None
 
 
+def seal_version_table(connection: sa.Connection) -> None:
+    """Only the migration role may write the revision stamp.
+
+    Default privileges that give the application DML "on all tables" also cover alembic_version, and an
+    application that can UPDATE it can make every later run believe the wrong revision. Reading stays
+    allowed. Runs after every online upgrade/downgrade/stamp, so a re-granted privilege does not survive.
+    """
+    grantees = connection.execute(
+        sa.text(
+            "SELECT DISTINCT g.rolname FROM pg_class c"
+            " CROSS JOIN LATERAL aclexplode(c.relacl) a"
+            " JOIN pg_roles g ON g.oid = a.grantee"
+            " WHERE c.oid = to_regclass('alembic_version') AND a.grantee <> c.relowner"
+            " AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"
+        )
+    ).scalars()
+    quote = connection.dialect.identifier_preparer.quote
+    for role in list(grantees):
+        connection.execute(
+            sa.text(f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON alembic_version FROM {quote(role)}")
+        )
+    connection.commit()
+
+
 def run_migrations_online(settings: safe_ops.Settings, url: str | None) -> None:
     if not url:
         raise CommandError(
@@ -159,6 +183,8 @@ def run_migrations_online(settings: safe_ops.Settings, url: str | None) -> None:
         try:
             with context.begin_transaction():
                 context.run_migrations()
+            if key is not None:
+                seal_version_table(connection)
         except SQLAlchemyError as exc:
             log.debug("migration failed", exc_info=True)
             raise CommandError(f"migration failed: {database_error(exc)}") from None
