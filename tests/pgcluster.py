@@ -132,7 +132,7 @@ class PgCluster:
                 sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD %s").format(sql.Identifier(MIGRATOR)),
                 [MIGRATOR_PASSWORD],
             )
-            cur.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(MIGRATOR)))
+            cur.execute(sql.SQL("GRANT pg_signal_backend, pg_monitor TO {}").format(sql.Identifier(MIGRATOR)))
             cur.execute(
                 sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(APP)), [APP_PASSWORD]
             )

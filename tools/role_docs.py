@@ -19,7 +19,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # Roles an operator configures, in pipeline order; db_job_wait is plumbing and documents itself only.
-USER_ROLES = ("db_preflight", "db_backup", "db_migrate", "db_smoke", "db_restore", "db_report", "lab")
+USER_ROLES = (
+    "db_preflight",
+    "db_history",
+    "db_gate",
+    "db_window",
+    "db_lint",
+    "db_freeze",
+    "db_backup",
+    "db_migrate",
+    "db_smoke",
+    "db_restore",
+    "db_report",
+    "schedule",
+    "lab",
+)
 BEGIN, END = "<!-- role-vars:begin -->", "<!-- role-vars:end -->"
 
 
