@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -92,6 +93,33 @@ def connect(ci: ConnInfo, autocommit: bool = True, **kwargs):
     )
     conn.autocommit = autocommit
     return conn
+
+
+# How a server that is down, starting or recovering answers; anything else (a wrong password) is final.
+_TRANSIENT = (
+    "Connection refused",
+    "could not connect",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "the database system is shutting down",
+    "server closed the connection unexpectedly",
+)
+
+
+def connect_when_up(ci: ConnInfo, wait_seconds: float, interval: float = 1.0, **kwargs):
+    """Connect, waiting up to ``wait_seconds`` for a server that is down or recovering to come back.
+
+    A crash is the moment a restore is needed most, and crash recovery takes a few seconds: giving up at
+    the first refused connection would turn a recoverable failure into a failed restore.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return connect(ci, **kwargs)
+        except psycopg2.OperationalError as exc:
+            if time.monotonic() >= deadline or not any(t in str(exc) for t in _TRANSIENT):
+                raise
+            time.sleep(interval)
 
 
 def explain_connect_error(ci: ConnInfo, exc: Exception) -> str:

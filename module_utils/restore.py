@@ -42,6 +42,7 @@ except ImportError:  # imported by the tests as module_utils.restore
 
 BackupError, Progress, pg_tool = backup.BackupError, backup.Progress, backup.pg_tool
 ConnInfo, connect, explain_connect_error = pgconn.ConnInfo, pgconn.connect, pgconn.explain_connect_error
+connect_when_up = pgconn.connect_when_up
 
 MAX_IDENTIFIER_BYTES = 63
 MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -73,6 +74,8 @@ class RestoreRequest:
     check_mode: bool = False
     # Swap in the backup's sealed snapshot clone when it is usable (else pg_restore the archive).
     use_snapshot: bool = True
+    # How long to wait for a server that is down or recovering (a crash is when a restore is needed).
+    server_wait_seconds: float = 120
 
 
 # --- checks before touching anything ----------------------------------------------------------------
@@ -393,7 +396,7 @@ def run_restore(ci: ConnInfo, req: RestoreRequest) -> dict:
         )
     maint_ci = ci.with_db(req.maintenance_db)
     try:
-        conn = connect(maint_ci)
+        conn = connect_when_up(maint_ci, 0 if req.check_mode else req.server_wait_seconds)
     except Exception as exc:
         raise RestoreError(explain_connect_error(maint_ci, exc)) from None
     with contextlib.closing(conn), conn.cursor() as cur:

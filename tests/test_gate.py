@@ -109,7 +109,12 @@ def dbs(pg: PgCluster, request: pytest.FixtureRequest):
         return made[-1]
 
     yield make
-    for name in made:
+    # The databases and what a restore made beside them (forensic copies start with the same name).
+    prefix = f"g_{request.node.name[:30].lower()}"
+    with contextlib.closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix])
+        leftovers = {row[0] for row in cur.fetchall()}
+    for name in set(made) | leftovers:
         pg.drop_database(name)
 
 

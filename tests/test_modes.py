@@ -38,28 +38,58 @@ def hold_meetings(pg: PgCluster, dbname: str):
     return conn
 
 
-def release_on_first_retry(progress_dir: Path, blocker, stop: threading.Event) -> None:
-    """End the blocking transaction once the runner says it retries (not before: the retry is the test)."""
-    while not stop.is_set():
-        if any("lock timeout, retry 1/" in p.read_text() for p in progress_dir.glob("*.progress")):
-            blocker.rollback()
+class LateBlocker:
+    """The application transaction that blocks 0002, opened once the run is past pre-flight.
+
+    Pre-flight's blocker check would (rightly) refuse a run while an idle-in-transaction session exists, so
+    the lock path is only reachable for a blocker that appears later: here, once the run's progress file
+    exists (the backup has started). With ``release_on_retry`` it ends its transaction as soon as the runner
+    reports a lock-timeout retry (not before: the retry is the test).
+    """
+
+    def __init__(self, pg: PgCluster, dbname: str, reports_dir: Path, release_on_retry: bool) -> None:
+        self.pg, self.dbname, self.reports_dir, self.release_on_retry = (
+            pg,
+            dbname,
+            reports_dir,
+            release_on_retry,
+        )
+        self.stop = threading.Event()
+        self.conn = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _progress(self) -> str:
+        return "".join(p.read_text() for p in self.reports_dir.glob("*.progress"))
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and not list(self.reports_dir.glob("*.progress")):
+            time.sleep(0.05)
+        if self.stop.is_set():
             return
-        time.sleep(0.2)
+        self.conn = hold_meetings(self.pg, self.dbname)
+        while self.release_on_retry and not self.stop.is_set():
+            if "lock timeout, retry 1/" in self._progress():
+                self.conn.rollback()
+                return
+            time.sleep(0.2)
+
+    def __enter__(self) -> LateBlocker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        if self.conn is not None:
+            self.conn.close()
 
 
 def test_a_lock_timeout_is_retried_and_the_run_succeeds_when_the_blocker_ends(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ):
-    blocker = hold_meetings(pg, seeded_db)
-    stop = threading.Event()
-    watcher = threading.Thread(target=release_on_first_retry, args=(tmp_path / "reports", blocker, stop))
-    watcher.start()
-    try:
+    with LateBlocker(pg, seeded_db, tmp_path / "reports", release_on_retry=True) as blocker:
         proc = migrate(pg, seeded_db, tmp_path, extra=FAST_LOCKS)
-    finally:
-        stop.set()
-        watcher.join()
-        blocker.close()
+    assert blocker.conn is not None, "the blocker never started"
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert revision(pg, seeded_db) == "0005"
     (report,) = reports(tmp_path / "reports")
@@ -72,8 +102,9 @@ def test_a_lock_that_is_never_released_fails_and_restores_with_nothing_half_appl
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ):
     before = fingerprint(pg, seeded_db)
-    with contextlib.closing(hold_meetings(pg, seeded_db)):
+    with LateBlocker(pg, seeded_db, tmp_path / "reports", release_on_retry=False) as blocker:
         proc = migrate(pg, seeded_db, tmp_path, extra=FAST_LOCKS)
+    assert blocker.conn is not None, "the blocker never started"
     assert proc.returncode != 0
     assert any("revision 0002 failed" in line and "lock timeout" in line for line in failure_lines(proc))
     assert revision(pg, seeded_db) == "0001"

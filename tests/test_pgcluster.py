@@ -16,3 +16,22 @@ def test_roles_authenticate_with_scram_over_tcp(pg, dbname):
 def test_wrong_password_is_refused(pg, dbname):
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         pg.connect(dbname, user=APP, password="wrong")
+
+
+def test_connect_when_up_waits_for_a_server_that_is_down_but_not_for_a_wrong_password(pg, dbname):
+    import time
+
+    from pgcluster import free_port
+
+    from module_utils import pgconn
+
+    down = pgconn.ConnInfo("127.0.0.1", free_port(), dbname, MIGRATOR, "x", connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError, match="refused"):
+        pgconn.connect_when_up(down, wait_seconds=1.5, interval=0.3)
+    assert time.monotonic() - started >= 1.5
+    wrong = pgconn.ConnInfo("127.0.0.1", pg.port, dbname, MIGRATOR, "wrong", connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        pgconn.connect_when_up(wrong, wait_seconds=30)
+    assert time.monotonic() - started < 5

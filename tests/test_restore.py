@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def databases(pg) -> set[str]:
+    """This suite's databases (the `dbname` fixture's tN_ names and what restores made beside them).
+
+    Other suites share the session cluster; their leftovers are theirs to clean and not counted here.
+    """
     with closing(pg.superuser_conn()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'")
+        cur.execute("SELECT datname FROM pg_database WHERE NOT datistemplate AND datname ~ '^t[0-9]+_'")
         return {row[0] for row in cur.fetchall()}
 
 
