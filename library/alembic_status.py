@@ -122,7 +122,7 @@ import time
 
 from ansible.module_utils.alembic_runner import MigrationError, new_run_id, preflight
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 
 
 def main() -> None:
@@ -136,8 +136,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     started = time.monotonic()
     try:
         facts = preflight(

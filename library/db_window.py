@@ -165,7 +165,7 @@ import time
 
 from ansible.module_utils.activity import ActivityError, Limits, assess
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 from ansible.module_utils.window import WindowError, check, parse_now, parse_window
 
 
@@ -203,8 +203,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     started = time.monotonic()
     try:
@@ -213,10 +212,7 @@ def main() -> None:
     except WindowError as exc:
         module.fail_json(msg=str(exc))
     ci = ConnInfo.from_params(p)
-    try:
-        conn = connect(ci)
-    except Exception as exc:
-        module.fail_json(msg=explain_connect_error(ci, exc))
+    conn = connect_or_fail(module, ci)
     limits = Limits(
         sample_seconds=p["sample_seconds"],
         max_tps=p["max_tps"],

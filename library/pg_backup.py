@@ -165,7 +165,7 @@ tables:
 
 from ansible.module_utils.backup import BackupError, BackupRequest, drop_snapshot, run_backup, take_snapshot
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 
 
 def main() -> None:
@@ -188,8 +188,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     if p["jobs"] < 1 or p["retention"] < 1 or p["space_factor"] <= 0:
         module.fail_json(msg="jobs and retention must be at least 1 and space_factor above 0")

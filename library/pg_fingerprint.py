@@ -80,7 +80,7 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fingerprint import compare, database_fingerprint
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 
 
 def main() -> None:
@@ -92,8 +92,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     expected = None
     if module.params["manifest"]:
         try:
@@ -102,10 +101,7 @@ def main() -> None:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             module.fail_json(msg=f"cannot read the tables of manifest {module.params['manifest']}: {exc}")
     ci = ConnInfo.from_params(module.params)
-    try:
-        conn = connect(ci)
-    except Exception as exc:
-        module.fail_json(msg=explain_connect_error(ci, exc))
+    conn = connect_or_fail(module, ci)
     with contextlib.closing(conn):
         tables = database_fingerprint(conn)
     differences = compare(expected, tables) if expected is not None else []

@@ -101,7 +101,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.freeze import freeze, unfreeze
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 
 
 def main() -> None:
@@ -116,14 +116,10 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     ci = ConnInfo.from_params(p)
-    try:
-        conn = connect(ci)
-    except Exception as exc:
-        module.fail_json(msg=explain_connect_error(ci, exc))
+    conn = connect_or_fail(module, ci)
     try:
         if p["state"] == "frozen":
             result = freeze(conn, p["database"], p["app_roles"], p["state_file"], module.check_mode)

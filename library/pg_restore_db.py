@@ -153,7 +153,7 @@ warnings:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 from ansible.module_utils.restore import RestoreError, RestoreRequest, run_restore
 
 
@@ -173,8 +173,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     request = RestoreRequest(
         manifest_path=p["manifest"],

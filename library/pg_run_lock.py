@@ -96,7 +96,7 @@ from ansible.module_utils.activity import (
     run_lock_for,
 )
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 
 
 def describe(holder: dict) -> str:
@@ -115,8 +115,7 @@ def main() -> None:
         ),
         supports_check_mode=False,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     if p["state"] == "released":
         released = release_run_lock(p["token_file"])
@@ -130,10 +129,7 @@ def main() -> None:
         module.exit_json(
             changed=True, holder_pid=got["holder_pid"], msg=f"run lock taken ({got['application_name']})"
         )
-    try:
-        conn = connect(ci.with_db(p["maintenance_db"]))
-    except Exception as exc:
-        module.fail_json(msg=explain_connect_error(ci.with_db(p["maintenance_db"]), exc))
+    conn = connect_or_fail(module, ci.with_db(p["maintenance_db"]))
     try:
         holders = lock_holders(conn, run_lock_for(p["login_db"]))
     finally:

@@ -120,7 +120,7 @@ duration_seconds:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 from ansible.module_utils.smoke import SmokeSpecError, run_checks
 
 
@@ -139,8 +139,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     try:
         result = run_checks(

@@ -102,7 +102,7 @@ from ansible.module_utils.alembic_runner import MigrationError
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.checksums import revision_checksums
 from ansible.module_utils.history import gate_problems
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 
 
 def main() -> None:
@@ -117,8 +117,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     p = module.params
     verdict = {"passed": False, "overridden": False, "problems": [], "staging_run_id": None}
     if not p["pending"]:
@@ -126,11 +125,15 @@ def main() -> None:
     ci = ConnInfo.from_params(p)
     try:
         on_disk = revision_checksums(p["alembic_config"], p["pending"])
-        conn = connect(ci, options="-c default_transaction_read_only=on")
     except MigrationError as exc:
         module.fail_json(msg=f"promotion gate: {exc}", **verdict)
-    except Exception as exc:
-        module.fail_json(msg=f"promotion gate: staging history: {explain_connect_error(ci, exc)}", **verdict)
+    conn = connect_or_fail(
+        module,
+        ci,
+        prefix="promotion gate: staging history: ",
+        fail_extra=verdict,
+        options="-c default_transaction_read_only=on",
+    )
     try:
         problems, facts = gate_problems(conn, p["target_revision"], p["pending"], on_disk, p["soak_seconds"])
     except Exception as exc:

@@ -161,7 +161,7 @@ from ansible.module_utils.alembic_runner import MigrationError, load_chain
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.checksums import revision_checksums, schema_fingerprint
 from ansible.module_utils.history import HistoryError, Start, finish_run, start_run
-from ansible.module_utils.pgconn import CONN_ARGSPEC, HAS_PSYCOPG2, ConnInfo, connect, explain_connect_error
+from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, connect_or_fail, require_psycopg2
 
 
 def _started(module: AnsibleModule, conn) -> dict:
@@ -264,13 +264,9 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg="psycopg2 is required on the runner (pip install psycopg2-binary)")
+    require_psycopg2(module)
     ci = ConnInfo.from_params(module.params)
-    try:
-        conn = connect(ci)
-    except Exception as exc:
-        module.fail_json(msg=f"deployment history: {explain_connect_error(ci, exc)}", recorded=False)
+    conn = connect_or_fail(module, ci, prefix="deployment history: ", fail_extra={"recorded": False})
     try:
         step = _started if module.params["state"] == "started" else _finished
         result = step(module, conn)

@@ -134,6 +134,23 @@ def explain_connect_error(ci: ConnInfo, exc: Exception) -> str:
     return f"cannot connect to {ci.describe()}: {text}"
 
 
+PSYCOPG2_MISSING = "psycopg2 is required on the runner (pip install psycopg2-binary)"
+
+
+def require_psycopg2(module) -> None:
+    """Fail an Ansible module in one line when psycopg2 is not importable on the runner."""
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=PSYCOPG2_MISSING)
+
+
+def connect_or_fail(module, ci: ConnInfo, prefix: str = "", fail_extra: dict | None = None, **kwargs):
+    """Connect for an Ansible module, or fail it with explain_connect_error's one line (after ``prefix``)."""
+    try:
+        return connect(ci, **kwargs)
+    except Exception as exc:
+        module.fail_json(msg=prefix + explain_connect_error(ci, exc), **(fail_extra or {}))
+
+
 def _pgpass_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
