@@ -11,8 +11,10 @@ Why it is built this way:
 * Passwords reach the tools through a private pgpass file (pgconn.pgpass_env), never argv.
 
 Figures (issue 7): backup vs pg_dump -Fc; rollback (failure detected -> verified database in place) vs
-pg_restore into an empty database; the migration window vs a bare `alembic upgrade head`; the
-orchestration overhead of migrate.yml on an empty database vs the bare commands it wraps.
+pg_restore into an empty database; online mode, the worst and p99 latency of an application writer
+(pgbench, bench/online_writer.sql) through the whole chain, beside the naive statements
+(bench/naive_chain.sql); the migration window vs a bare `alembic upgrade head`; the orchestration
+overhead of migrate.yml on an empty database vs the bare commands it wraps.
 
     python bench/run.py [--scale large] [--keep-lab] [--out bench/results.json]
 """
@@ -28,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,11 +41,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from module_utils import backup, restore  # noqa: E402
+from module_utils import alembic_runner, backup, restore  # noqa: E402
 from module_utils.pgconn import ConnInfo, connect, pgpass_env  # noqa: E402
 
 INVENTORY = ROOT / "bench" / "inventory"
-GOALS = {"rollback": 0.15, "window": 1.3}
+WRITER_SCRIPT = ROOT / "bench" / "online_writer.sql"
+NAIVE_CHAIN = ROOT / "bench" / "naive_chain.sql"
+GOALS = {"rollback": 0.15, "window": 1.3, "online_worst_ms": 250}
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Target:
 
     ci: ConnInfo
     inventory: Path | None = None  # the ansible inventory whose host is this database
+    app: ConnInfo | None = None  # the application role, for the online writer
 
     def with_db(self, name: str) -> ConnInfo:
         return self.ci.with_db(name)
@@ -65,7 +71,14 @@ def load_target(inventory: Path = INVENTORY) -> Target:
         user=data["db_migration_user"],
         password=data["db_migration_password"],
     )
-    return Target(ci=ci, inventory=inventory)
+    app = ConnInfo(
+        host=ci.host,
+        port=ci.port,
+        dbname=ci.dbname,
+        user=data["db_app_user"],
+        password=data["db_app_password"],
+    )
+    return Target(ci=ci, inventory=inventory, app=app)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -196,6 +209,172 @@ def measure_rollback(target: Target, work: Path, manifest_path: str, jobs: int =
         "fallback_pg_restore_rollback_seconds": slow_seconds,
         "fallback_ratio": ratio(slow_seconds, plain_seconds),
     }
+
+
+# --- online mode: the application's latency through the chain ----------------------------------------
+
+
+class Writer:
+    """The application during an online run: pgbench runs WRITER_SCRIPT as the application role, in
+    back-to-back segments of ``segment`` seconds (pgbench needs its duration up front; the chain's is
+    unknown), logging every transaction's latency. Stopping lets the running segment finish."""
+
+    def __init__(
+        self,
+        ci: ConnInfo,
+        work: Path,
+        sizes: dict[str, int],
+        clients: int = 4,
+        rate: int = 100,
+        segment: int = 10,
+    ):
+        self.ci, self.work, self.sizes = ci, work, sizes
+        self.clients, self.rate, self.segment = clients, rate, segment
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with tool_env(self.ci) as env:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                argv = [
+                    backup.pg_tool("pgbench"),
+                    "--no-vacuum",
+                    f"--file={WRITER_SCRIPT}",
+                    *(f"--define={table}={rows}" for table, rows in self.sizes.items()),
+                    f"--client={self.clients}",
+                    "--jobs=2",
+                    f"--rate={self.rate}",
+                    f"--time={self.segment}",
+                    "--log",
+                    f"--log-prefix={self.work / f'seg{n:04d}'}",
+                    f"--host={self.ci.host}",
+                    f"--port={self.ci.port}",
+                    f"--username={self.ci.user}",
+                    self.ci.dbname,
+                ]
+                proc = subprocess.run(
+                    argv, env=env, cwd=self.work, capture_output=True, text=True, check=False
+                )
+                if proc.returncode != 0:
+                    self.errors.append((proc.stderr.strip().splitlines() or ["?"])[-1])
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def latencies_ms(self) -> list[float]:
+        """Per-transaction latency (pgbench's log: client, txn, latency_us, script, epoch, us[, lag])."""
+        found: list[float] = []
+        for log in sorted(self.work.glob("seg*")):
+            for line in log.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 6 and fields[2].isdigit():
+                    found.append(int(fields[2]) / 1000)
+        return found
+
+
+def latency_figures(values: list[float]) -> dict:
+    ordered = sorted(values)
+    if not ordered:
+        return {"transactions": 0}
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {
+        "transactions": len(ordered),
+        "worst_ms": round(ordered[-1], 1),
+        "p99_ms": pct(0.99),
+        "p50_ms": pct(0.50),
+        "over_250ms": sum(1 for v in ordered if v > 250),
+    }
+
+
+def naive_revisions() -> list[tuple[str, str]]:
+    """(revision, SQL) blocks of NAIVE_CHAIN, split at its '-- revision NNNN' comments."""
+    blocks: list[tuple[str, str]] = []
+    for line in NAIVE_CHAIN.read_text().splitlines():
+        if line.startswith("-- revision "):
+            blocks.append((line.split()[2].rstrip(":"), ""))
+        elif blocks and not line.startswith("--"):
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + line + "\n")
+    return blocks
+
+
+def run_naive(ci: ConnInfo) -> dict[str, float]:
+    """Each naive revision in one transaction, timed."""
+    seconds: dict[str, float] = {}
+    with contextlib.closing(connect(ci)) as conn:
+        conn.autocommit = False
+        for revision, statements in naive_revisions():
+            took, _ = timed(lambda statements=statements: conn.cursor().execute(statements))
+            conn.commit()
+            seconds[revision] = took
+    return seconds
+
+
+def migration_step_settings() -> tuple[alembic_runner.Options, int, float]:
+    """db_migrate's defaults, so the online figure is the pipeline's migration step as shipped."""
+    d = yaml.safe_load((ROOT / "roles" / "db_migrate" / "defaults" / "main.yml").read_text())
+    options = alembic_runner.Options(
+        lock_timeout=str(d["db_migrate_lock_timeout"]),
+        statement_timeout=str(d["db_migrate_statement_timeout"]),
+        batch_size=int(d["db_migrate_batch_size"]),
+        batch_sleep=str(d["db_migrate_batch_sleep"]),
+    )
+    return options, int(d["db_migrate_lock_retries"]), float(d["db_migrate_lock_retry_delay"])
+
+
+def measure_online(target: Target, work: Path, segment: int = 10) -> dict:
+    """pgbench through the pipeline's migration step (the chain as db_migrate runs it) on one copy of the
+    data, and through the naive statements on another; worst and p99 transaction latency of each."""
+    assert target.app is not None
+    options, retries, delay = migration_step_settings()
+    rows = database_facts(target)["rows"]
+    sizes = {"users": max(rows["users"], 1), "meetings": max(rows["meetings"], 1)}
+    results: dict = {"writer": {"clients": 4, "rate_tps": 100, "script": WRITER_SCRIPT.name}}
+    with scratch_database(target, "bench_online_pipeline", template=target.ci.dbname) as name:
+        with Writer(target.app.with_db(name), work / "writer-pipeline", sizes, segment=segment) as writer:
+            time.sleep(2)
+            seconds, result = timed(
+                lambda: alembic_runner.upgrade(
+                    str(ROOT / "alembic.ini"),
+                    target.with_db(name),
+                    options=options,
+                    lock_retries=retries,
+                    lock_retry_delay=delay,
+                )
+            )
+        if result["failed"]:
+            raise RuntimeError(f"the chain failed under the writer: {result['msg']}")
+        results["pipeline"] = {
+            "chain_seconds": seconds,
+            "retries": len(result["retries"]),
+            "writer_errors": writer.errors,
+            **latency_figures(writer.latencies_ms()),
+        }
+    with scratch_database(target, "bench_online_naive", template=target.ci.dbname) as name:
+        with Writer(target.app.with_db(name), work / "writer-naive", sizes, segment=segment) as writer:
+            time.sleep(2)
+            seconds, per_revision = timed(lambda: run_naive(target.with_db(name)))
+        results["naive"] = {
+            "chain_seconds": seconds,
+            "revision_seconds": per_revision,
+            "writer_errors": writer.errors,
+            **latency_figures(writer.latencies_ms()),
+        }
+    worst = results["pipeline"].get("worst_ms", float("inf"))
+    results["goal_worst_ms"] = GOALS["online_worst_ms"]
+    results["met"] = worst <= GOALS["online_worst_ms"] and not results["pipeline"]["writer_errors"]
+    return results
 
 
 def ansible_env(work: Path) -> dict:
@@ -340,9 +519,18 @@ def markdown(results: dict) -> str:
             f"| orchestration overhead, empty database | {o['pipeline_playbook_seconds']} s | "
             f"pg_dump + alembic {o['bare_seconds']} s | {o['ratio']}x (+{o['overhead_seconds']} s) | - |"
         )
-    lines.append(
-        "| online mode: writer latency during the chain (pgbench) | not measured yet | - | - | <= 250 ms |"
-    )
+    on = results.get("online")
+    if on:
+        p, n = on["pipeline"], on["naive"]
+        lines.append(
+            f"| online mode: worst writer stall through the chain "
+            f"(pgbench, {on['writer']['clients']} clients, "
+            f"{on['writer']['rate_tps']} tps) | worst {p.get('worst_ms')} ms, p99 {p.get('p99_ms')} ms "
+            f"(chain {p['chain_seconds']} s, {p.get('transactions')} transactions) | naive statements: worst "
+            f"{n.get('worst_ms')} ms, p99 {n.get('p99_ms')} ms (chain {n['chain_seconds']} s) | "
+            f"{ratio(p.get('worst_ms', 0), n.get('worst_ms', 0))}x | <= {on['goal_worst_ms']} ms "
+            f"{'met' if on['met'] else 'NOT met'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -366,17 +554,20 @@ def lab(state: str, scale: str, inventory: Path) -> float:
     return seconds
 
 
-PARTS = ("backup", "rollback", "window", "overhead")
+PARTS = ("backup", "rollback", "online", "window", "overhead")
 
 
 def run_bench(target: Target, work: Path, parts: tuple[str, ...] = PARTS) -> dict:
-    """Measure the figures in order (rollback needs backup's manifest; window needs the restored data)."""
+    """Measure the figures in order (rollback needs backup's manifest; online needs the data at 0001, and
+    the window run takes it to head)."""
     clock = time.monotonic()
     results: dict = {"machine": machine(), "database": database_facts(target)}
     if "backup" in parts:
         results["backup"] = measure_backup(target, work)
         if "rollback" in parts:
             results["rollback"] = measure_rollback(target, work, results["backup"]["manifest_path"])
+    if "online" in parts:  # before the window run, which migrates the database itself
+        results["online"] = measure_online(target, work)
     if "window" in parts:
         results["window"] = measure_window(target, work)
     if "overhead" in parts:

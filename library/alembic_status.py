@@ -32,14 +32,6 @@ options:
     description: Identifier of this run; empty makes one (UTC timestamp plus 6 random hex digits).
     type: str
     default: ""
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The target database.
     type: str
@@ -52,10 +44,8 @@ options:
     description: The migration role's password (never logged or returned).
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

@@ -59,14 +59,6 @@ options:
     description: Seconds before the first such retry; each next one waits twice as long.
     type: float
     default: 10
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The target database.
     type: str
@@ -79,10 +71,8 @@ options:
     description: The migration role's password (goes to Alembic through a private PGPASSFILE only).
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""
@@ -143,6 +133,14 @@ error:
   description: The root error of the failing revision (last meaningful line of Alembic's output).
   type: str
   returned: failure
+schema_fingerprint_before:
+  description: The schema fingerprint before anything ran (what an online rescue's downgrade returns to).
+  type: str
+  returned: always
+failed_revision_committed:
+  description: Whether the failed revision entered an autocommit block, committing work no downgrade can undo.
+  type: bool
+  returned: failure
 duration_seconds:
   description: How long the module ran.
   type: float
@@ -153,6 +151,7 @@ import time
 
 from ansible.module_utils.alembic_runner import MigrationError, Options, upgrade
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.checksums import schema_fingerprint  # noqa: F401 - shipped for the runner's import
 from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 
 

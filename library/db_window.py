@@ -76,14 +76,6 @@ options:
     description: Defer when a standby replays further behind than this; 0 switches the check off.
     type: float
     default: 0
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The target database.
     type: str
@@ -96,10 +88,8 @@ options:
     description: The migration role's password (never logged or returned).
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

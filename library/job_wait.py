@@ -8,11 +8,11 @@ DOCUMENTATION = r"""
 module: job_wait
 short_description: Wait briefly for a background job and report its progress.
 description:
-  - Polls an async job (started with C(async) and C(poll: 0)) for up to O(seconds) and returns whether it
+  - Polls an async job (started with C(async) and C(poll=0)) for up to O(seconds) and returns whether it
     finished, its result when it has, and the last line of its O(progress_file).
-  - Meant for a retrying task (C(until: result.finished)); the repository's C(progress) callback prints
+  - Meant for a retrying task (C(until=result.finished)); the repository's C(progress) callback prints
     the progress line on every retry, so long steps show progress while they run.
-  - Never fails because the job failed: the caller inspects RV(job_result).
+  - Never fails because the job failed; the caller inspects RV(job_result).
 options:
   jid:
     description: The async job id (C(ansible_job_id) of the started task).

@@ -83,14 +83,6 @@ options:
       - Directory of pg_dump and pg_restore.
       - Default the PG_BINDIR environment variable, then the PostgreSQL 15 bin directory.
     type: path
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The database to back up.
     type: str
@@ -103,10 +95,8 @@ options:
     description: The migration role's password.
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

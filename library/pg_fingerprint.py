@@ -22,14 +22,6 @@ options:
     description: Fail when the fingerprint differs from the manifest's.
     type: bool
     default: false
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The database to fingerprint.
     type: str
@@ -42,10 +34,8 @@ options:
     description: That role's password.
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

@@ -38,14 +38,6 @@ options:
     description: File on the runner remembering whom the freeze revoked (0600); empty for none.
     type: str
     default: ""
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: Database to connect to (the maintenance database, so a swapped-in database is reached).
     type: str
@@ -58,10 +50,8 @@ options:
     description: The migration role's password (never logged or returned).
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

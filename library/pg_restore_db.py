@@ -61,14 +61,6 @@ options:
   pg_bindir:
     description: Directory of pg_restore (default the PG_BINDIR environment variable, then PostgreSQL 15).
     type: path
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The database to restore (its current contents become the forensic copy).
     type: str
@@ -81,10 +73,8 @@ options:
     description: The migration role's password.
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

@@ -34,14 +34,6 @@ options:
     description: Database the holder sits in (the target must stay free of sessions for snapshots and swaps).
     type: str
     default: postgres
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The target database (the lock is per target database).
     type: str
@@ -54,10 +46,8 @@ options:
     description: The migration role's password (never logged, returned or put in argv).
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

@@ -53,14 +53,6 @@ options:
     description: Alembic's version table.
     type: str
     default: alembic_version
-  login_host:
-    description: Database server host.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Database server port.
-    type: int
-    default: 5432
   login_db:
     description: The target database.
     type: str
@@ -73,10 +65,8 @@ options:
     description: The migration role's password.
     type: str
     default: ""
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - pgconn
 """
 
 EXAMPLES = r"""

@@ -40,11 +40,12 @@ options:
       - dry-run
       - refused
       - failed-unchanged
+      - failed-and-downgraded
       - failed-and-restored
       - failed-restore-failed
       - deferred
   stopped_at:
-    description: The step the run stopped in (preflight, backup, migrate, smoke), or C(done).
+    description: The step the run stopped in (preflight, backup, migrate, durable_backup, smoke), or C(done).
     type: str
     default: done
   dry_run:
@@ -129,7 +130,12 @@ def main() -> None:
     )
     p = module.params
     outcome = p["outcome"] or decide_outcome(
-        p["stopped_at"], p["dry_run"], bool(p["steps"].get("restore")), p["restore_error"], p["touched"]
+        p["stopped_at"],
+        p["dry_run"],
+        bool(p["steps"].get("restore")),
+        p["restore_error"],
+        p["touched"],
+        downgraded=bool((p["steps"].get("downgrade") or {}).get("ok")),
     )
     try:
         report = build_report(

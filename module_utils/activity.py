@@ -239,23 +239,28 @@ def run_lock_key(name: str = RUN_LOCK_NAME) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def _playbook_pid() -> int:
-    """The ansible-playbook process this module serves (walking up from our parent), 0 if none."""
-    pid = os.getppid()
-    for _ in range(10):
+def _playbook_pid(start: int | None = None) -> int:
+    """The ansible-playbook process this module serves, 0 if none (a module run over SSH has none).
+
+    The outermost one, walking up from our parent: the nearest is the per-task worker ansible-playbook
+    forks for each task, which exits as soon as the task that took the lock ends.
+    """
+    pid = os.getppid() if start is None else start
+    found = 0
+    for _ in range(20):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ")
             with open(f"/proc/{pid}/stat") as f:
                 parent = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
-            return 0
+            return found
         if b"ansible-playbook" in cmdline:
-            return pid
+            found = pid
         if parent <= 1:
-            return 0
+            return found
         pid = parent
-    return 0
+    return found
 
 
 def lock_holders(conn, key: int) -> list[dict]:
@@ -289,7 +294,10 @@ def acquire_run_lock(
     ci = ci.with_db(maintenance_db)
     application_name = f"pg-migrate run {run_id} on {socket.gethostname()} for {target}"[:63]
     os.makedirs(os.path.dirname(os.path.abspath(token)), mode=0o700, exist_ok=True)
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # never another run's token: removing it (below, when refused) would end that run's holder
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ActivityError(f"cannot take the run lock: its token file {token} exists (another run's?)") from None
     os.close(fd)
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER],

@@ -49,6 +49,8 @@ class Chain:
     heads: list[str]
     parents: dict[str, list[str]]
     row_count_changes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The "Downgrade: ..." line of each revision's docstring, where it has one (LOSSY or not, and why).
+    downgrade_notes: dict[str, str] = field(default_factory=dict)
 
     def ancestors(self, revision: str | None) -> set[str]:
         """The revision and everything below it (what `alembic upgrade <revision>` leaves applied)."""
@@ -94,10 +96,14 @@ def load_chain(config_path: str) -> Chain:
     if not ordered:
         raise MigrationError(f"the chain at {location} has no revisions")
     changes: dict[str, dict[str, str]] = {}
+    notes: dict[str, str] = {}
     for sc in ordered:
         declared = getattr(sc.module, "row_count_changes", None)
         if declared:
             changes[sc.revision] = {str(k): str(v) for k, v in dict(declared).items()}
+        note = downgrade_note(sc.module.__doc__ or "")
+        if note:
+            notes[sc.revision] = note
     return Chain(
         config_path=config_path,
         location=location,
@@ -105,7 +111,26 @@ def load_chain(config_path: str) -> Chain:
         heads=heads,
         parents={sc.revision: _down_revisions(sc.down_revision) for sc in ordered},
         row_count_changes=changes,
+        downgrade_notes=notes,
     )
+
+
+def downgrade_note(doc: str) -> str:
+    """The docstring's "Downgrade: ..." paragraph as one line (the style guide asks every revision for it)."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().lower().startswith("downgrade:"):
+            paragraph = [line.strip()[len("downgrade:") :].strip()]
+            for more in lines[i + 1 :]:
+                if not more.strip() or re.match(r"^\s*(Revision ID|Revises|Create Date):", more):
+                    break
+                paragraph.append(more.strip())
+            return " ".join(part for part in paragraph if part)
+    return ""
+
+
+def is_lossy(note: str) -> bool:
+    return note.upper().startswith("LOSSY")
 
 
 def _down_revisions(down: str | tuple | list | None) -> list[str]:
@@ -289,8 +314,35 @@ class Progress:
             f.write(f"{stamp} {text}\n")
 
 
-def alembic_argv(config_path: str, options: Options, *args: str, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "alembic", "-c", config_path, *options.x_args(), *args]
+# Printed by the Alembic child each time a revision enters an autocommit block: from there on, the
+# revision's work is committed as it goes, and a failure leaves it half-applied with no version stamp
+# (Alembic records a revision only once it completes). The online rescue must know that: a downgrade
+# cannot undo what no stamp records.
+COMMIT_NOTE = "pipeline: the revision commits work outside its own transaction (autocommit block)"
+
+# The Alembic CLI (alembic.config.main, what `python -m alembic` runs), with MigrationContext's
+# autocommit_block announcing itself first. Works with any project's env.py; never used for --sql, whose
+# output is the rendered script.
+_ANNOUNCING_ALEMBIC = f"""
+import contextlib, sys
+from alembic.runtime.migration import MigrationContext
+_block = MigrationContext.autocommit_block
+@contextlib.contextmanager
+def _announced(self):
+    print({COMMIT_NOTE!r}, flush=True)
+    with _block(self) as value:
+        yield value
+MigrationContext.autocommit_block = _announced
+from alembic.config import main
+sys.exit(main(argv=sys.argv[1:], prog="alembic"))
+"""
+
+
+def alembic_argv(
+    config_path: str, options: Options, *args: str, python: str | None = None, announce_commits: bool = False
+) -> list[str]:
+    run = ["-c", _ANNOUNCING_ALEMBIC] if announce_commits else ["-m", "alembic"]
+    return [python or sys.executable, *run, "-c", config_path, *options.x_args(), *args]
 
 
 def alembic_url(ci: pgconn.ConnInfo) -> str:
@@ -419,10 +471,13 @@ def upgrade(
     conn = connect_or_explain(ci)
     try:
         current = read_current_revision(conn, version_table)
+        # What the schema looked like before anything ran: an online rescue's downgrade must get back here.
+        schema_before = "" if check_mode else _schema_fingerprint(conn)
     finally:
         conn.close()
     p = plan(chain, current, target)
     result: dict = {
+        "schema_fingerprint_before": schema_before,
         "changed": False,
         "failed": False,
         "revision_before": p.current_label,
@@ -455,12 +510,16 @@ def upgrade(
             progress.line(f"[{n}/{total}] {rev}: starting")
             started = time.monotonic()
             delay = lock_retry_delay
+            committed: list[bool] = []
             for attempt in range(1, lock_retries + 2):
+                committed.clear()
                 rc, tail = _run_streaming(
-                    alembic_argv(chain.config_path, options, "upgrade", rev, python=python),
+                    alembic_argv(
+                        chain.config_path, options, "upgrade", rev, python=python, announce_commits=True
+                    ),
                     cwd=os.path.dirname(chain.config_path),
                     env=env,
-                    on_line=lambda line, rev=rev: progress.line(f"[{rev}] {line}"),
+                    on_line=lambda line, rev=rev, seen=committed: _on_upgrade_line(line, rev, progress, seen),
                 )
                 error = root_error(tail) if rc != 0 else ""
                 if rc == 0 or attempt > lock_retries or not _retryable(error, ci, version_table, result):
@@ -472,6 +531,7 @@ def upgrade(
                 delay *= 2
             seconds = round(time.monotonic() - started, 3)
             if rc != 0:
+                result["failed_revision_committed"] = bool(committed)
                 return _failed(result, chain, ci, rev, seconds, error, version_table, progress)
             result["applied"].append({"revision": rev, "seconds": seconds})
             result["revision_after"] = rev
@@ -481,6 +541,20 @@ def upgrade(
     result["msg"] = f"applied {', '.join(p.pending)} ({p.current_label} -> {p.target})"
     progress.line(f"finished: database at {p.target}")
     return result
+
+
+def _on_upgrade_line(line: str, rev: str, progress: Progress, committed: list[bool]) -> None:
+    if line.strip() == COMMIT_NOTE:
+        committed.append(True)
+    progress.line(f"[{rev}] {line}")
+
+
+def _schema_fingerprint(conn) -> str:
+    try:  # checksums imports this module, so it is imported where it is needed
+        from ansible.module_utils.checksums import schema_fingerprint
+    except ImportError:
+        from module_utils.checksums import schema_fingerprint  # type: ignore[no-redef]
+    return schema_fingerprint(conn)
 
 
 def is_lock_timeout(error: str) -> bool:
@@ -536,4 +610,142 @@ def _failed(
         f"(applied before it: {before}; database is now at {now})"
     )
     progress.line(f"FAILED: {result['msg']}")
+    return result
+
+
+# --- The online rescue: downgrade to where the run started --------------------------------------------
+
+
+def downgrade(
+    config_path: str,
+    ci: pgconn.ConnInfo,
+    target: str,
+    expected_schema: str = "",
+    options: Options | None = None,
+    progress_file: str | None = None,
+    version_table: str = "alembic_version",
+    python: str | None = None,
+) -> dict:
+    """Undo the revisions applied above ``target`` one at a time, newest first, then prove the schema is
+    the one the run started from (``expected_schema``, a schema fingerprint taken before the upgrade).
+
+    Alembic only records a revision that completed, so a revision that failed half-way is invisible to a
+    downgrade: whatever it committed stays, and the schema check is what catches it (the caller restores
+    the backup then). Returns a dict with ``failed`` and ``msg`` rather than raising, like upgrade().
+    """
+    options = options or Options()
+    progress = Progress(progress_file)
+    chain = load_chain(config_path)
+    goal = None if target == BASE else target
+    if goal is not None and goal not in chain.revisions:
+        raise MigrationError(f"downgrade target {target!r} is not in the chain at {chain.location}")
+    conn = connect_or_explain(ci)
+    try:
+        current = read_current_revision(conn, version_table)
+    finally:
+        conn.close()
+    if current is not None and current not in chain.revisions:
+        raise MigrationError(
+            f"database is at {current}, which the chain at {chain.location} does not contain"
+        )
+    above = chain.ancestors(current) - chain.ancestors(goal)
+    if goal is not None and goal not in chain.ancestors(current):
+        raise MigrationError(
+            f"database is at {current or BASE}, which is not above {target}: nothing to downgrade from"
+        )
+    undo = [rev for rev in reversed(chain.revisions) if rev in above]
+    result: dict = {
+        "changed": False,
+        "failed": False,
+        "revision_before": current or BASE,
+        "revision_after": current or BASE,
+        "target_revision": target,
+        "downgraded": [],
+        "lossy": [],
+        "schema_matches": None,
+        "alembic_config": chain.config_path,
+    }
+    progress.line(
+        f"downgrading {current or BASE} -> {target}: {', '.join(undo)}" if undo else f"already at {target}"
+    )
+    with pgconn.pgpass_env(ci) as base_env:
+        env = _child_env(ci, base_env)
+        for rev in undo:
+            parents = chain.parents.get(rev, [])
+            if len(parents) > 1:
+                return _downgrade_failed(
+                    result,
+                    ci,
+                    version_table,
+                    progress,
+                    f"{rev} is a merge revision: not downgraded automatically",
+                )
+            down = parents[0] if parents else BASE
+            started = time.monotonic()
+            rc, tail = _run_streaming(
+                alembic_argv(chain.config_path, options, "downgrade", down, python=python),
+                cwd=os.path.dirname(chain.config_path),
+                env=env,
+                on_line=lambda line, rev=rev: progress.line(f"[downgrade {rev}] {line}"),
+            )
+            if rc != 0:
+                return _downgrade_failed(
+                    result, ci, version_table, progress, f"the downgrade of {rev} failed: {root_error(tail)}"
+                )
+            note = chain.downgrade_notes.get(rev, "")
+            seconds = round(time.monotonic() - started, 3)
+            result["downgraded"].append({"revision": rev, "seconds": seconds, "note": note})
+            if is_lossy(note):
+                result["lossy"].append({"revision": rev, "note": note})
+            result["revision_after"] = down
+            result["changed"] = True
+            progress.line(f"[downgrade {rev}] done in {seconds:.2f}s")
+    conn = connect_or_explain(ci)
+    try:
+        now = read_current_revision(conn, version_table) or BASE
+        schema_after = _schema_fingerprint(conn)
+    finally:
+        conn.close()
+    result["revision_after"] = now
+    result["schema_fingerprint_after"] = schema_after
+    if now != target:
+        return _downgrade_failed(
+            result, ci, version_table, progress, f"the database is at {now}, not {target}"
+        )
+    if expected_schema:
+        result["schema_matches"] = schema_after == expected_schema
+        if not result["schema_matches"]:
+            return _downgrade_failed(
+                result,
+                ci,
+                version_table,
+                progress,
+                f"the schema at {target} is not the one the run started from (fingerprint "
+                f"{schema_after[:12]}, expected {expected_schema[:12]}): something the failed run did "
+                "is not undone by the downgrades",
+            )
+    undone = ", ".join(r["revision"] for r in result["downgraded"])
+    result["msg"] = (
+        f"downgraded {undone} ({result['revision_before']} -> {now})"
+        if undo
+        else f"nothing to downgrade: the database is still at {now}"
+    ) + (", schema as it was before the run" if expected_schema else "")
+    progress.line(result["msg"])
+    return result
+
+
+def _downgrade_failed(
+    result: dict, ci: pgconn.ConnInfo, version_table: str, progress: Progress, why: str
+) -> dict:
+    try:
+        conn = pgconn.connect(ci)
+        try:
+            result["revision_after"] = read_current_revision(conn, version_table) or BASE
+        finally:
+            conn.close()
+    except Exception as exc:
+        result["revision_after"] = f"unknown ({_one_line(exc)})"
+    result["failed"] = True
+    result["msg"] = f"{why} (database is now at {result['revision_after']})"
+    progress.line(f"DOWNGRADE FAILED: {result['msg']}")
     return result

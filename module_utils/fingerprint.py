@@ -1,10 +1,22 @@
 """Per-table fingerprints: how we prove two databases hold the same rows.
 
 A fingerprint is, for every ordinary table of every non-system schema, the row count and an
-order-independent checksum: the sum of a 64-bit hash of each row's text form. Summing (instead of
-hashing a sorted stream) needs no sort and no memory, so a 5M-row table costs one sequential scan.
-The text form of a row depends on session settings (dates, time zones, floats, intervals, bytea),
-so :func:`pin_settings` fixes them for the transaction before anything is hashed.
+order-independent checksum: the sum of a 64-bit hash of each row. Summing (instead of hashing a sorted
+stream) needs no sort and no memory, so a 5M-row table costs one sequential scan.
+
+Two ways to hash a row, recorded per table as ``method`` so a verifier recomputes exactly what the
+manifest holds:
+
+* ``hash`` (PostgreSQL 14+): ``hashint8extended(hash_record_extended(row, 0), 0)``, each column through
+  its type's own hash function (the record hash is linear in its columns, hence the second hash). No text
+  conversion, so about twice as fast on the lab's timestamp-heavy meetings (5M rows: under 3 s instead of
+  5 s). Equal values hash equally, so it cannot see a change that keeps the value equal (numeric 1.0 ->
+  1.00, float -0 -> 0), which a dump and restore never makes anyway.
+* ``text``: ``hashtextextended(row::text, 0)``, for servers before 14 and tables with a column type that
+  has no hash function (json, point, ...). The text form depends on session settings (dates, time
+  zones, floats, intervals, bytea), so :func:`pin_settings` fixes them for the transaction first.
+
+Manifests written before methods existed have none: their tables are ``text``.
 
 Used by the backup (inside the snapshot pg_dump uses), the restore (before swapping), the smoke
 checks and the fault suite, so every caller compares like with like.
@@ -61,45 +73,86 @@ def table_key(schema: str, name: str) -> str:
     return f"{schema}.{name}"
 
 
-def table_fingerprint(cur, schema: str, name: str) -> dict[str, object]:
-    """Row count and checksum of one table (the sum of hashtextextended over each row's text)."""
-    query = sql.SQL(
-        "SELECT count(*), coalesce(sum(pg_catalog.hashtextextended(ROW(fp_row.*)::text, 0)), 0)::text "
-        "FROM {}.{} AS fp_row"
-    ).format(sql.Identifier(schema), sql.Identifier(name))
+METHODS = ("hash", "text")
+_ROW_HASH = {
+    # hash_record_extended combines its columns' hashes linearly (h = 31 * h + column), so a plain sum over
+    # rows would only be a per-column sum, blind to values swapped between rows: hash it once more.
+    "hash": "pg_catalog.hashint8extended(pg_catalog.hash_record_extended(fp_row, 0), 0)",
+    "text": "pg_catalog.hashtextextended(ROW(fp_row.*)::text, 0)",
+}
+# "could not identify a hash function for type json" (feature_not_supported) and, before
+# PostgreSQL 14, "function hash_record_extended does not exist" (undefined_function).
+_NO_ROW_HASH = {"0A000", "42883"}
+
+
+def method_of(entry: dict) -> str:
+    """The method a fingerprint entry was computed with (entries from before methods: text)."""
+    return str(entry.get("method", "text"))
+
+
+def _checksum(cur, schema: str, name: str, method: str) -> tuple[int, str]:
+    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {}.{} AS fp_row").format(
+        sql.SQL(_ROW_HASH[method]), sql.Identifier(schema), sql.Identifier(name)
+    )
     cur.execute(query)
     rows, checksum = cur.fetchone()
-    return {"rows": int(rows), "checksum": checksum}
+    return int(rows), checksum
+
+
+def table_fingerprint(cur, schema: str, name: str, method: str = "auto") -> dict[str, object]:
+    """Row count, checksum and method of one table.
+
+    ``auto`` tries ``hash`` and falls back to ``text`` when the server or a column type cannot hash
+    rows (inside a savepoint, so the caller's snapshot transaction survives the attempt).
+    """
+    if method not in ("auto", *METHODS):
+        raise ValueError(f"unknown fingerprint method {method!r}")
+    if method != "auto":
+        rows, checksum = _checksum(cur, schema, name, method)
+        return {"rows": rows, "checksum": checksum, "method": method}
+    cur.execute("SAVEPOINT fp_hash")
+    try:
+        rows, checksum = _checksum(cur, schema, name, "hash")
+    except Exception as exc:
+        if getattr(exc, "pgcode", None) not in _NO_ROW_HASH:
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT fp_hash")
+        rows, checksum = _checksum(cur, schema, name, "text")
+        return {"rows": rows, "checksum": checksum, "method": "text"}
+    cur.execute("RELEASE SAVEPOINT fp_hash")
+    return {"rows": rows, "checksum": checksum, "method": "hash"}
 
 
 def fingerprint(
     cur,
     tables: Iterable[tuple[str, str]] | None = None,
     on_table: Callable[[str, dict[str, object]], None] | None = None,
+    methods: dict[str, str] | None = None,
 ) -> Fingerprint:
     """Fingerprint every table (or the given ones) in the cursor's current transaction.
 
     The caller owns the transaction: call it inside the REPEATABLE READ transaction whose snapshot
     it wants to describe. ``on_table`` is told about each table as it finishes (progress lines).
+    ``methods`` pins a table's method (a verifier passes the manifest's); others are ``auto``.
     """
     pin_settings(cur)
     result: Fingerprint = {}
     for schema, name in list_tables(cur) if tables is None else tables:
         key = table_key(schema, name)
-        result[key] = table_fingerprint(cur, schema, name)
+        result[key] = table_fingerprint(cur, schema, name, (methods or {}).get(key, "auto"))
         if on_table is not None:
             on_table(key, result[key])
     return result
 
 
-def database_fingerprint(conn) -> Fingerprint:
+def database_fingerprint(conn, methods: dict[str, str] | None = None) -> Fingerprint:
     """Fingerprint a whole database in one fresh REPEATABLE READ, read-only transaction."""
     old_autocommit = conn.autocommit
     conn.autocommit = False
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
-            return fingerprint(cur)
+            return fingerprint(cur, methods=methods)
     finally:
         conn.rollback()
         conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT")
@@ -116,12 +169,23 @@ def compare(expected: Fingerprint, actual: Fingerprint) -> list[str]:
             problems.append(f"{key}: unexpected table ({actual[key]['rows']} rows)")
         elif expected[key]["rows"] != actual[key]["rows"]:
             problems.append(f"{key}: {actual[key]['rows']} rows, expected {expected[key]['rows']}")
+        elif method_of(expected[key]) != method_of(actual[key]):
+            problems.append(
+                f"{key}: fingerprinted by {method_of(actual[key])}, expected {method_of(expected[key])}"
+            )
         elif str(expected[key]["checksum"]) != str(actual[key]["checksum"]):
             problems.append(f"{key}: same row count ({actual[key]['rows']}) but different contents")
     return problems
 
 
-def parallel_fingerprint(connect_fn: Callable[[], object], jobs: int = 2) -> Fingerprint:
+def expected_methods(expected: Fingerprint) -> dict[str, str]:
+    """Each table's method in a manifest's fingerprint: what a verifier must recompute."""
+    return {key: method_of(entry) for key, entry in expected.items()}
+
+
+def parallel_fingerprint(
+    connect_fn: Callable[[], object], jobs: int = 2, methods: dict[str, str] | None = None
+) -> Fingerprint:
     """Fingerprint a database nobody writes to with ``jobs`` connections, biggest tables first.
 
     Only for a quiescent database (a sealed snapshot clone): the tables are read in different
@@ -153,7 +217,8 @@ def parallel_fingerprint(connect_fn: Callable[[], object], jobs: int = 2) -> Fin
                 conn.autocommit = False
                 with conn.cursor() as cur:
                     pin_settings(cur)
-                    found[table_key(schema, name)] = table_fingerprint(cur, schema, name)
+                    key = table_key(schema, name)
+                    found[key] = table_fingerprint(cur, schema, name, (methods or {}).get(key, "auto"))
                 conn.rollback()
             return found
         finally:

@@ -89,9 +89,24 @@ def table_exists(conn) -> bool:
 
 
 def ensure_schema(conn) -> None:
-    """Create the schema and table on first use (idempotent; the caller commits)."""
+    """Create the schema and table on first use (idempotent; the caller commits).
+
+    A table made by an older version of the pipeline has an outcome CHECK without the newer outcomes
+    (failed-and-downgraded): it is widened here, so recording the new outcome cannot fail a run.
+    """
     with conn.cursor() as cur:
         cur.execute(DDL)
+        cur.execute(
+            "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint"
+            " WHERE conrelid = %s::regclass AND conname = 'runs_outcome_check'",
+            [TABLE],
+        )
+        row = cur.fetchone()
+        if row is None or any(f"'{outcome}'" not in row[0] for outcome in (RUNNING, *OUTCOMES)):
+            cur.execute(
+                f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS runs_outcome_check,"
+                f" ADD CONSTRAINT runs_outcome_check CHECK (outcome IN ({_OUTCOME_LIST}))"
+            )
 
 
 def _short(sha: str) -> str:

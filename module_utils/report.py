@@ -17,25 +17,32 @@ OUTCOMES = (
     "dry-run",
     "refused",
     "failed-unchanged",
+    "failed-and-downgraded",
     "failed-and-restored",
     "failed-restore-failed",
     "deferred",
 )
 
-STEPS = ("preflight", "backup", "migrate", "smoke", "restore")
+STEPS = ("preflight", "backup", "migrate", "smoke", "downgrade", "restore")
 
 # Keys a step result may carry that must never reach a report (defence in depth: modules don't return them).
 _SECRET_KEYS = {"password", "login_password", "db_migration_password", "db_app_password", "pgpass"}
 
 
 def decide_outcome(
-    stopped_at: str, dry_run: bool, restored: bool, restore_error: str = "", touched: bool = True
+    stopped_at: str,
+    dry_run: bool,
+    restored: bool,
+    restore_error: str = "",
+    touched: bool = True,
+    downgraded: bool = False,
 ) -> str:
     """How a run ended, from where it stopped and what the rescue managed.
 
     Stopping in pre-flight or backup changed nothing (a refusal). A later failure in a run that migrated
     nothing (no revision was pending, so no backup was taken) left the database as it was. Otherwise the
-    database was touched, and only a verified restore makes it a clean failure.
+    database was touched, and only a verified downgrade (online mode: back at the starting revision with
+    the starting schema) or a verified restore makes it a clean failure.
     """
     if stopped_at == "done":
         return "dry-run" if dry_run else "succeeded"
@@ -43,6 +50,8 @@ def decide_outcome(
         return "refused"
     if not touched:
         return "failed-unchanged"
+    if downgraded:
+        return "failed-and-downgraded"
     if restored and not restore_error:
         return "failed-and-restored"
     return "failed-restore-failed"
@@ -84,7 +93,14 @@ def build_report(
     migrate = steps.get("migrate") or {}
     backup = steps.get("backup") or {}
     restore = steps.get("restore") or {}
+    downgrade = steps.get("downgrade") or {}
     finished = (finished_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if restore.get("fingerprint_ok"):  # after a verified restore the database is back where it started
+        revision_to = restore.get("starting_revision")
+    elif downgrade.get("ok"):
+        revision_to = downgrade.get("revision_after")
+    else:
+        revision_to = migrate.get("revision_after", preflight.get("current_revision"))
     return {
         "format_version": 1,
         "run_id": preflight.get("run_id", ""),
@@ -96,12 +112,7 @@ def build_report(
         "failed_step": failed_step,
         "error": error,
         "revision_from": migrate.get("revision_before", preflight.get("current_revision")),
-        # After a verified restore the database is back where it started, whatever the migration reached.
-        "revision_to": (
-            restore.get("starting_revision")
-            if restore.get("fingerprint_ok")
-            else migrate.get("revision_after", preflight.get("current_revision"))
-        ),
+        "revision_to": revision_to,
         "target_revision": preflight.get("target_revision"),
         "applied": migrate.get("applied", []),
         "backup": {"manifest": backup.get("manifest_path"), "archive": backup.get("archive")},
@@ -109,9 +120,32 @@ def build_report(
             "restored_database": restore.get("restored_database"),
             "forensic_database": restore.get("forensic_database"),
         },
+        "mode": preflight.get("mode", ""),
+        "notes": rescue_notes(outcome, preflight.get("mode", ""), backup, downgrade),
         "timings": {name: _seconds(steps.get(name)) for name in STEPS if steps.get(name)},
         "steps": {name: _scrub(result) for name, result in steps.items() if result},
     }
+
+
+def rescue_notes(outcome: str, mode: str, backup: dict, downgrade: dict) -> list[str]:
+    """What an operator must know about the data after an online run's rescue (nothing in offline mode,
+    where the application could not write while the run held the database)."""
+    notes: list[str] = []
+    if outcome == "failed-and-downgraded":
+        notes.append(
+            f"downgraded to {downgrade.get('revision_after')} with the schema the run started from; "
+            "the backup was not restored, so what the application wrote during the run is kept"
+        )
+        for entry in downgrade.get("lossy") or []:
+            notes.append(f"the downgrade of {entry['revision']} is lossy: {entry['note']}")
+    elif mode == "online" and outcome in ("failed-and-restored", "failed-restore-failed"):
+        taken = (backup.get("manifest") or {}).get("started_at") or "the start of the run"
+        why = f" ({downgrade['msg']})" if downgrade.get("msg") and not downgrade.get("ok") else ""
+        notes.append(
+            f"online mode: the backup was restored instead of downgrading{why}; writes the application made "
+            f"after the backup ({taken}) may be lost"
+        )
+    return notes
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -130,6 +164,8 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"  failed at {report['failed_step']}: {report['error']}")
     if report["backup"]["manifest"]:
         lines.append(f"  backup manifest: {report['backup']['manifest']}")
+    for note in report.get("notes", []):
+        lines.append(f"  NOTE: {note}")
     if report["restore"]["restored_database"]:
         lines.append(
             f"  restored {report['restore']['restored_database']} from the backup; "

@@ -364,10 +364,11 @@ def verify_restored(ci: ConnInfo, database: str, manifest: dict, jobs: int = 1) 
     except Exception as exc:
         raise RestoreError(explain_connect_error(ci.with_db(database), exc)) from None
     with contextlib.closing(conn):
+        methods = fingerprint.expected_methods(manifest["tables"])
         if jobs > 1:
-            actual = fingerprint.parallel_fingerprint(lambda: connect(ci.with_db(database)), jobs)
+            actual = fingerprint.parallel_fingerprint(lambda: connect(ci.with_db(database)), jobs, methods)
         else:
-            actual = fingerprint.database_fingerprint(conn)
+            actual = fingerprint.database_fingerprint(conn, methods)
         problems = fingerprint.compare(manifest["tables"], actual)
         with conn.cursor() as cur:
             revision = backup.alembic_revision(cur)

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from pgcluster import APP, APP_PASSWORD, PgCluster
 from test_alembic_runner import conninfo, db_state
 
@@ -120,3 +121,92 @@ def test_failing_user_revision_reports_and_leaves_the_last_good_revision(
         assert cur.fetchone()[0] == 0, "the failed revision's UPDATE must be rolled back"
     checks = smoke.run_checks(ci, app_user=APP, app_password=APP_PASSWORD, target_revision="0005")
     assert checks["failed_checks"] == [], checks["checks"]
+
+    # The failing revision ran in one transaction: it committed nothing, and the runner says so.
+    assert result["failed_revision_committed"] is False
+    down = ar.downgrade(str(ini), ci, "0001", expected_schema=result["schema_fingerprint_before"])
+    assert not down["failed"], down["msg"]
+    assert [d["revision"] for d in down["downgraded"]] == ["0005", "0004", "0003", "0002"]
+
+
+COMMITTING_REVISION = FAILING_REVISION.replace(
+    """    op.execute("INSERT INTO audit_log SELECT g, 'row ' || g FROM generate_series(1, 100) g")""",
+    """    with op.get_context().autocommit_block():
+        op.execute("INSERT INTO audit_log SELECT g, 'row ' || g FROM generate_series(1, 100) g")""",
+)
+UNDOWNGRADABLE_REVISION = FAILING_REVISION.replace(
+    """    op.execute("UPDATE users SET email = upper(email)")
+    raise RuntimeError("0006 could not reconcile audit_log with users")""",
+    "",
+).replace(
+    """    op.execute("DROP TABLE audit_log")""", """    raise RuntimeError("0006 cannot be downgraded")"""
+)
+
+
+def test_downgrade_undoes_the_applied_revisions_and_proves_the_schema_is_back(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+) -> None:
+    """The online rescue's core: head -> start, newest first, each lossy note named, schema as before."""
+    ci = conninfo(pg, seeded_db)
+    before = db_state(pg, seeded_db)
+    up = ar.upgrade(str(REPO_INI), ci, options=ar.Options(batch_size=500))
+    assert not up["failed"] and len(up["schema_fingerprint_before"]) == 64
+
+    progress = tmp_path / "progress.log"
+    down = ar.downgrade(
+        str(REPO_INI),
+        ci,
+        "0001",
+        expected_schema=up["schema_fingerprint_before"],
+        progress_file=str(progress),
+    )
+    assert not down["failed"], down["msg"]
+    assert [d["revision"] for d in down["downgraded"]] == ["0005", "0004", "0003", "0002"]
+    assert [d["revision"] for d in down["lossy"]] == ["0005", "0004", "0002"]  # 0003 only drops indexes
+    assert down["lossy"][1]["note"].startswith("LOSSY - drops the column and every phone number")
+    assert down["schema_matches"] is True and down["revision_after"] == "0001"
+    assert "downgraded 0005, 0004, 0003, 0002 (0005 -> 0001)" in progress.read_text()
+    assert db_state(pg, seeded_db) == before
+
+    again = ar.downgrade(str(REPO_INI), ci, "0001", expected_schema=up["schema_fingerprint_before"])
+    assert (again["failed"], again["changed"], again["downgraded"]) == (False, False, [])
+
+
+def test_a_revision_that_committed_before_failing_is_flagged_and_its_leftovers_fail_the_schema_check(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+) -> None:
+    ini = user_project(tmp_path)
+    (tmp_path / "project" / "migrations" / "versions" / "0006_user_audit_log.py").write_text(
+        COMMITTING_REVISION
+    )
+    ci = conninfo(pg, seeded_db)
+    up = ar.upgrade(str(ini), ci)
+    assert up["failed"] and up["failed_revision"] == "0006"
+    assert up["failed_revision_committed"] is True
+
+    down = ar.downgrade(str(ini), ci, "0001", expected_schema=up["schema_fingerprint_before"])
+    assert down["failed"] and down["revision_after"] == "0001"
+    assert "the schema at 0001 is not the one the run started from" in down["msg"]
+    assert "audit_log" in db_state(pg, seeded_db)["relations"]  # left for the restore to deal with
+
+
+def test_a_failing_downgrade_stops_there_and_says_where_the_database_is(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+) -> None:
+    ini = user_project(tmp_path)
+    (tmp_path / "project" / "migrations" / "versions" / "0006_user_audit_log.py").write_text(
+        UNDOWNGRADABLE_REVISION
+    )
+    ci = conninfo(pg, seeded_db)
+    up = ar.upgrade(str(ini), ci)
+    assert not up["failed"], up["msg"]
+
+    down = ar.downgrade(str(ini), ci, "0001", expected_schema=up["schema_fingerprint_before"])
+    assert down["failed"] and down["downgraded"] == [] and down["revision_after"] == "0006"
+    assert (
+        down["msg"]
+        == "the downgrade of 0006 failed: RuntimeError: 0006 cannot be downgraded (database is now at 0006)"
+    )
+
+    with pytest.raises(ar.MigrationError, match="downgrade target '9999' is not in the chain"):
+        ar.downgrade(str(ini), ci, "9999")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_alembic, seed
-from pgcluster import MIGRATOR, MIGRATOR_PASSWORD
+from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD
 
 from module_utils.pgconn import ConnInfo
 
@@ -47,6 +47,34 @@ def test_backup_and_rollback_figures_on_tiny_data(bench, pg, dbname, tmp_path):
     table = bench.markdown(results)
     assert "| rollback: failure -> verified database in place |" in table and "pg_dump -Fc" in table
     json.dumps(results)  # the results file is plain JSON
+
+
+def test_online_figures_on_tiny_data_the_writer_survives_both_chains(bench, pg, dbname, tmp_path):
+    """The writer script is valid at every revision (no pgbench client aborts through either chain), and
+    both the pipeline's step and the naive statements end at the same tables."""
+    run_alembic(pg, dbname, "upgrade", "0001")
+    seed(pg, dbname)
+    target = bench.Target(
+        ci=ConnInfo("127.0.0.1", pg.port, dbname, MIGRATOR, MIGRATOR_PASSWORD),
+        app=ConnInfo("127.0.0.1", pg.port, dbname, APP, APP_PASSWORD),
+    )
+
+    results = bench.measure_online(target, tmp_path, segment=2)
+
+    for side in ("pipeline", "naive"):
+        assert results[side]["writer_errors"] == [], results[side]["writer_errors"]
+        assert results[side]["transactions"] > 20, results[side]
+        assert results[side]["worst_ms"] >= results[side]["p99_ms"] >= results[side]["p50_ms"] > 0
+    assert list(results["naive"]["revision_seconds"]) == ["0002", "0003", "0004", "0005"]
+    assert "| online mode: worst writer stall" in bench.markdown({**_minimal(), "online": results})
+
+
+def _minimal() -> dict:
+    return {
+        "machine": {"cpus": 2, "cpu_model": "x", "memory_gb": 1, "postgresql": "15"},
+        "finished_at": "now",
+        "total_seconds": 1,
+    }
 
 
 def test_markdown_says_when_a_goal_is_not_met(bench):

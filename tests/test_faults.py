@@ -30,6 +30,9 @@ from faults.state import HISTORY_SCHEMA, app_can_read, databases, differences, r
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster, cluster_context, free_port
 from psycopg2 import sql
 
+from module_utils import activity
+from module_utils.pgconn import ConnInfo
+
 HEAD = "0005"
 TEMPLATE = "fault_template"
 HOSTILE = 'x"; DROP TABLE users; --'
@@ -278,10 +281,12 @@ def test_2_revision_failing_after_a_concurrent_index_build_is_restored(fc: PgClu
     assert_unchanged(fc, shared_run, "f2_concurrent_index", "f2")
 
 
-def test_3_failing_smoke_query_is_restored_and_named(fc: PgCluster, shared_run: Run):
+def test_3_failing_smoke_query_is_undone_by_downgrade_and_named(fc: PgCluster, shared_run: Run):
+    """Online mode (the manual default): 0002 completed, so its downgrade undoes it; nothing is restored."""
     one_line(shared_run, "f3_smoke", "no meeting may exist")
     report = shared_run.reports["f3_smoke"]
-    assert report["outcome"] == "failed-and-restored" and report["failed_step"] == "smoke"
+    assert report["outcome"] == "failed-and-downgraded" and report["failed_step"] == "smoke"
+    assert [d["revision"] for d in report["steps"]["downgrade"]["downgraded"]] == ["0002"]
     assert_unchanged(fc, shared_run, "f3_smoke", "f3")
 
 
@@ -320,13 +325,15 @@ def test_7_8_failed_restores_leave_no_stray_database(fc: PgCluster, shared_run: 
     }
     assert databases(fc) - shared_run.dbs_before == forensic
     restored = [r for r in shared_run.reports.values() if r["outcome"] == "failed-and-restored"]
-    assert len(forensic) == len(restored) >= 5  # each restored database's failed copy kept for forensics
+    assert len(forensic) == len(restored) >= 3  # each restored database's failed copy kept for forensics
 
 
 def test_11_lock_held_by_a_long_transaction_fails_cleanly_naming_the_lock(fc: PgCluster, shared_run: Run):
     one_line(shared_run, "f11_lock_held", "lock")
     report = shared_run.reports["f11_lock_held"]
-    assert report["outcome"] in ("failed-and-restored", "deferred", "refused"), report["outcome"]
+    assert report["outcome"] in ("failed-and-downgraded", "failed-and-restored", "deferred", "refused"), (
+        report["outcome"]
+    )
     assert_unchanged(fc, shared_run, "f11_lock_held", "f11")
 
 
@@ -563,6 +570,13 @@ def test_9_second_run_while_the_first_migrates_is_refused_and_the_first_finishes
     assert revision(fc, db) == "0002"
 
 
+def take_run_lock(pg: PgCluster, db: str, tmp_path: Path) -> dict:
+    """Try the run lock of ``db`` the way a second run would (the holder watches this test process)."""
+    token = str(tmp_path / "probe.runlock")
+    ci = ConnInfo("127.0.0.1", pg.port, db, MIGRATOR, MIGRATOR_PASSWORD)
+    return {**activity.acquire_run_lock(ci, "probe", token, watch_pid=os.getpid()), "token": token}
+
+
 def test_10_killed_ansible_playbook_is_detected_by_the_next_run(fc: PgCluster, tmp_path: Path):
     db = clone(fc, "f10")
     hostvars = {**gated_early(tmp_path, "f10"), "db_migrate_target": "0002"}
@@ -574,8 +588,16 @@ def test_10_killed_ansible_playbook_is_detected_by_the_next_run(fc: PgCluster, t
             "playbooks/migrate.yml", hosts, {"db_report_dir": str(first / "reports"), **FAST_POLL}, first
         ) as proc:
             pid = gate.wait_for_migration()
+            assert not take_run_lock(fc, db, tmp_path)["locked"], "the run lock must be held while migrating"
             os.killpg(proc.pid, signal.SIGKILL)  # the runner dies; its background migration lives on
             proc.communicate()
+        # The run lock's holder (its own session, not in the killed process group) watched ansible-playbook
+        # and let go when it died: the database is not left locked.
+        deadline = time.monotonic() + 15
+        while not (probe := take_run_lock(fc, db, tmp_path))["locked"]:
+            assert time.monotonic() < deadline, "the run lock outlived the killed ansible-playbook"
+            time.sleep(0.5)
+        activity.release_run_lock(probe["token"])
         # An operator ends the orphaned migration session; the orphaned job then exits by itself.
         inject.signal_backend(fc, db, pid, "terminate")
     finally:

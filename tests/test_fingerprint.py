@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import closing
 
 import pytest
 
-from module_utils.fingerprint import compare, database_fingerprint
+from module_utils.fingerprint import compare, database_fingerprint, expected_methods
 
 # Awkward types on purpose: their text form depends on session settings the fingerprint pins.
 SAMPLE_SCHEMA = """
@@ -133,19 +132,35 @@ def test_swapped_values_between_rows_are_detected(pg, dbname):
     assert compare(before, fp(pg, dbname)) == ["public.users: same row count (300) but different contents"]
 
 
-@pytest.mark.slow
-def test_one_million_rows_fingerprint_time(pg, dbname, record_property):
-    """Measured, not just asserted: the report quotes this figure."""
-    execute(
-        pg,
-        dbname,
-        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS payload, now() AS at, g / 3.0 AS x "
-        "FROM generate_series(1, 1000000) g",
-    )
-    clock = time.monotonic()
+def test_rows_are_hashed_by_type_and_by_text_where_a_type_has_no_hash(pg, dbname):
+    """json and point have no hash function: those tables fall back to text, the rest use the fast hash."""
+    load_sample(pg, dbname)
+    execute(pg, dbname, "CREATE TABLE notes (id int, body json, at point)")
+    execute(pg, dbname, "INSERT INTO notes VALUES (1, '{}', '(1,2)')")
     result = fp(pg, dbname)
-    seconds = time.monotonic() - clock
-    record_property("fingerprint_1m_rows_seconds", round(seconds, 2))
-    print(f"\nfingerprint of 1M rows: {seconds:.2f}s")
-    assert result["public.big"]["rows"] == 1_000_000
-    assert seconds < 20
+    assert {key: value["method"] for key, value in result.items()} == {
+        'odd schema.Meet"ings': "hash",
+        "public.alembic_version": "hash",
+        "public.empty_one": "hash",
+        "public.notes": "text",
+        "public.users": "hash",
+    }
+    execute(pg, dbname, "UPDATE notes SET body = '{\"a\": 1}'")
+    assert compare(result, fp(pg, dbname)) == ["public.notes: same row count (1) but different contents"]
+
+
+def test_a_verifier_recomputes_each_table_the_way_the_manifest_did(pg, dbname):
+    """A manifest written before methods existed (no method: text) still verifies, by text."""
+    load_sample(pg, dbname)
+    with closing(pg.connect(dbname)) as conn:
+        by_text = database_fingerprint(conn, {"public.users": "text"})
+    assert by_text["public.users"]["method"] == "text"
+    with closing(pg.connect(dbname)) as conn:
+        all_text = database_fingerprint(conn, {key: "text" for key in by_text})
+    legacy = {key: {k: v for k, v in entry.items() if k != "method"} for key, entry in all_text.items()}
+    assert set(expected_methods(legacy).values()) == {"text"}
+    with closing(pg.connect(dbname)) as conn:
+        again = database_fingerprint(conn, expected_methods(legacy))
+    assert compare(legacy, again) == []
+    auto = fp(pg, dbname)
+    assert compare(by_text, auto) == ["public.users: fingerprinted by hash, expected text"]

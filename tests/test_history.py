@@ -112,3 +112,31 @@ def test_drift_is_refused_where_asked_and_an_accepted_drift_is_recorded_with_its
             rows = {r[0]: r[1:] for r in cur.fetchall()}
         assert rows["r2"][0] == "refused"
         assert rows["r3"][0] == "running" and rows["r3"][1].endswith("(accepted: hotfix table, ticket 7)")
+
+
+def test_a_history_table_from_before_the_downgrade_outcome_is_widened_and_takes_it(
+    pg: PgCluster, dbname: str
+):
+    """An older pipeline's outcome CHECK lacks failed-and-downgraded: the next run must not fail on it."""
+    with conn_to(pg, dbname) as conn:
+        history.ensure_schema(conn)
+        old = ", ".join(
+            f"'{o}'" for o in (history.RUNNING, *history.OUTCOMES) if o != "failed-and-downgraded"
+        )
+        with conn.cursor() as cur:
+            cur.execute(
+                "ALTER TABLE pipeline_history.runs DROP CONSTRAINT runs_outcome_check,"
+                f" ADD CONSTRAINT runs_outcome_check CHECK (outcome IN ({old}))"
+            )
+        conn.commit()
+        with pytest.raises(Exception, match="runs_outcome_check"):
+            succeed(conn, "r0", ["0002"], outcome="failed-and-downgraded")
+        conn.rollback()
+
+        history.ensure_schema(conn)
+        succeed(conn, "r1", ["0002"], outcome="failed-and-downgraded")
+        with conn.cursor() as cur:
+            cur.execute("SELECT run_id, outcome FROM pipeline_history.runs")
+            assert cur.fetchall() == [("r1", "failed-and-downgraded")]
+            cur.execute("SELECT count(*) FROM pg_constraint WHERE conname = 'runs_outcome_check'")
+            assert cur.fetchone()[0] == 1

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from ansible_run import ROOT, ansible_env, failure_lines, playbook_cmd, single_host
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
 from test_pipeline import fingerprint, migrate, pipeline_vars, reports, revision
@@ -98,7 +99,7 @@ def test_a_lock_timeout_is_retried_and_the_run_succeeds_when_the_blocker_ends(
     assert "revisions retried" in proc.stdout
 
 
-def test_a_lock_that_is_never_released_fails_and_restores_with_nothing_half_applied(
+def test_a_lock_that_is_never_released_fails_and_is_undone_with_nothing_half_applied(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ):
     before = fingerprint(pg, seeded_db)
@@ -110,7 +111,11 @@ def test_a_lock_that_is_never_released_fails_and_restores_with_nothing_half_appl
     assert revision(pg, seeded_db) == "0001"
     assert compare(before, fingerprint(pg, seeded_db)) == []
     (report,) = reports(tmp_path / "reports")
-    assert report["outcome"] == "failed-and-restored"
+    # Online mode: 0002 gave up before committing anything, so nothing needed downgrading and nothing was
+    # restored (the blocking application session was never cut); the schema check proved it.
+    assert report["outcome"] == "failed-and-downgraded"
+    assert report["steps"]["downgrade"]["downgraded"] == []
+    assert report["steps"]["migrate"]["failed_revision_committed"] is False
     assert [r["attempt"] for r in report["steps"]["migrate"]["retries"]] == [1]
 
 
@@ -146,6 +151,32 @@ def test_two_simultaneous_runs_exactly_one_migrates_and_the_other_names_the_hold
     assert not list((tmp_path / ("first", "second")[loser_index]).glob("backups/*"))  # it backed nothing up
 
 
+def test_the_run_lock_holder_watches_the_outermost_ansible_playbook_not_its_per_task_worker(tmp_path: Path):
+    """ansible-playbook forks a worker per task, which exits when the task that took the lock ends: the
+    holder must watch the ansible-playbook the worker came from, or the lock ends with the task."""
+    script = tmp_path / "ansible-playbook"  # stands in for both: the outer run and its per-task worker
+    script.write_text(
+        '#!/bin/sh\nif [ "$1" = outer ]; then "$0" worker & echo $! > "$2"; wait; exit; fi\nsleep 30\n'
+    )
+    script.chmod(0o700)
+    worker_pid = tmp_path / "worker.pid"
+    outer = subprocess.Popen([str(script), "outer", str(worker_pid)])
+    try:
+        deadline = time.monotonic() + 5
+        while not worker_pid.exists() or not worker_pid.read_text().strip():
+            assert time.monotonic() < deadline, "the stand-in worker never started"
+            time.sleep(0.05)
+        worker = int(worker_pid.read_text())
+        # A module's parent is the worker; walking up from there must end at the outer ansible-playbook.
+        assert activity._playbook_pid(start=worker) == outer.pid
+    finally:
+        if worker_pid.exists() and worker_pid.read_text().strip():
+            subprocess.run(["pkill", "-P", worker_pid.read_text().strip()], check=False)
+        subprocess.run(["pkill", "-P", str(outer.pid)], check=False)
+        outer.kill()
+        outer.wait()
+
+
 def test_the_run_lock_admits_one_holder_names_it_and_is_released(pg: PgCluster, dbname: str, tmp_path: Path):
     ci = pgconn.ConnInfo("127.0.0.1", pg.port, dbname, MIGRATOR, MIGRATOR_PASSWORD)
     first = activity.acquire_run_lock(ci, "RUN-ONE", str(tmp_path / "one.token"), watch_pid=0)
@@ -155,6 +186,10 @@ def test_the_run_lock_admits_one_holder_names_it_and_is_released(pg: PgCluster, 
             "locked": False
         }
         assert not (tmp_path / "two.token").exists()
+        # A refused run must never remove the holder's token (that would end the first run's lock).
+        with pytest.raises(activity.ActivityError, match=r"one\.token exists"):
+            activity.acquire_run_lock(ci, "RUN-TWO", str(tmp_path / "one.token"), watch_pid=0)
+        assert (tmp_path / "one.token").exists()
         with contextlib.closing(pgconn.connect(ci.with_db("postgres"))) as conn:
             (holder,) = activity.lock_holders(conn, activity.run_lock_for(dbname))
         assert holder["application_name"].startswith("pg-migrate run RUN-ONE on ")

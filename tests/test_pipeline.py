@@ -10,12 +10,15 @@ import contextlib
 import json
 import shutil
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from ansible_run import ROOT, failure_lines, run_playbook, single_host
-from pgcluster import APP_PASSWORD, MIGRATOR_PASSWORD, PgCluster, free_port
+from pgcluster import APP, APP_PASSWORD, MIGRATOR_PASSWORD, PgCluster, free_port
 
+from module_utils.checksums import schema_description
 from module_utils.fingerprint import compare, database_fingerprint
 
 FAILING_REVISION = ROOT / "tests" / "fixtures" / "0006_fails_after_committed_work.py"
@@ -131,10 +134,64 @@ def test_a_revision_that_fails_after_committed_work_is_undone_by_the_restore(
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "failed-and-restored"
     assert report["failed_step"] == "migrate" and report["revision_to"] == "0001"
+    # Online mode: no downgrade undoes work Alembic never recorded; the report says what a restore costs.
+    (note,) = report["notes"]
+    assert "revision 0006 committed work outside its transaction" in note
+    assert note.endswith("may be lost")
+    assert "writes the application made after the backup may be lost" in "\n".join(lines)
 
 
-def test_a_failing_smoke_query_restores_and_names_the_check(pg: PgCluster, seeded_db: str, tmp_path: Path):
+class AppWriter:
+    """The application, writing users through the whole run (online mode): each committed id is kept."""
+
+    def __init__(self, pg: PgCluster, dbname: str) -> None:
+        self.pg, self.dbname = pg, dbname
+        self.ids: list[int] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                with contextlib.closing(
+                    self.pg.connect(self.dbname, user=APP, password=APP_PASSWORD)
+                ) as conn:
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        while not self.stop.is_set():
+                            n += 1
+                            cur.execute(
+                                "INSERT INTO users (email, name, password_hash) VALUES (%s, 'writer', 'x') "
+                                "RETURNING id",
+                                (f"writer{n}@example.org",),
+                            )
+                            self.ids.append(cur.fetchone()[0])
+                            time.sleep(0.05)
+            except Exception as exc:  # a DDL lock or the swap may end a session: reconnect, count it
+                self.errors.append(str(exc).splitlines()[0])
+                time.sleep(0.1)
+
+    def __enter__(self) -> AppWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_online_a_failing_smoke_query_is_undone_by_downgrade_keeping_the_applications_writes(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+):
+    """Online mode (the default for a manual run): head is downgraded back to 0001, the schema is proved
+    to be the starting one, nothing is restored, and every row the application wrote meanwhile stays."""
     before = fingerprint(pg, seeded_db)
+    with contextlib.closing(pg.superuser_conn(seeded_db)) as conn:
+        schema_before = schema_description(conn)
+    dbs_before = databases(pg)
     queries = [
         {
             "name": "meetings table is empty",
@@ -143,14 +200,37 @@ def test_a_failing_smoke_query_restores_and_names_the_check(pg: PgCluster, seede
         },
         {"name": "broken sql", "sql": "SELECT FROM nowhere_at_all", "expect": {"rows": 1}},
     ]
-    proc = migrate(pg, seeded_db, tmp_path, extra={"db_smoke_queries": queries})
+    with AppWriter(pg, seeded_db) as writer:
+        proc = migrate(pg, seeded_db, tmp_path, extra={"db_smoke_queries": queries})
     assert proc.returncode != 0
     summary = "\n".join(failure_lines(proc))
     assert "meetings table is empty" in summary and "broken sql" in summary
+    assert "Downgraded" in summary and "what the application wrote during the run is kept" in summary
+    assert "Lossy downgrades" in summary and "0005, 0004, 0002" in summary
+
     assert revision(pg, seeded_db) == "0001"
-    assert compare(before, fingerprint(pg, seeded_db)) == []
+    with contextlib.closing(pg.superuser_conn(seeded_db)) as conn:
+        assert schema_description(conn) == schema_before
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM users WHERE name = 'writer'")
+            kept = {row[0] for row in cur.fetchall()}
+    assert len(writer.ids) > 10 and set(writer.ids) <= kept, (len(writer.ids), len(kept), writer.errors[:3])
+    after = {k: v for k, v in fingerprint(pg, seeded_db).items() if k != "public.users"}
+    assert compare({k: v for k, v in before.items() if k != "public.users"}, after) == []
+    assert databases(pg) == dbs_before  # nothing restored, no forensic copy, the clone dropped
+
     (report,) = reports(tmp_path / "reports")
-    assert report["outcome"] == "failed-and-restored" and report["failed_step"] == "smoke"
+    assert report["outcome"] == "failed-and-downgraded" and report["failed_step"] == "smoke"
+    assert report["revision_to"] == "0001" and report["mode"] == "online"
+    assert [d["revision"] for d in report["steps"]["downgrade"]["downgraded"]] == [
+        "0005",
+        "0004",
+        "0003",
+        "0002",
+    ]
+    assert report["notes"][0].startswith("downgraded to 0001 with the schema the run started from")
+    assert any(n.startswith("the downgrade of 0004 is lossy") for n in report["notes"])
+    assert Path(report["backup"]["manifest"]).exists()  # the durable backup was still collected
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,40 @@ def test_outcome_follows_where_the_run_stopped(stopped_at, dry_run, restored, re
 
 def test_a_failed_smoke_check_on_an_untouched_database_is_not_a_failed_restore():
     assert decide_outcome("smoke", False, False, "", touched=False) == "failed-unchanged"
+
+
+def test_a_verified_downgrade_is_its_own_outcome_and_names_each_lossy_downgrade():
+    assert decide_outcome("smoke", False, False, "", downgraded=True) == "failed-and-downgraded"
+    downgrade = {
+        "ok": True,
+        "revision_after": "0001",
+        "downgraded": [{"revision": "0003", "seconds": 0.2, "note": "lossless"}],
+        "lossy": [{"revision": "0002", "note": "LOSSY - drops the column."}],
+        "duration_seconds": 0.7,
+    }
+    steps = dict(STEPS, preflight={**STEPS["preflight"], "mode": "online"}, downgrade=downgrade)
+    report = _report(outcome="failed-and-downgraded", steps=steps)
+    assert report["revision_to"] == "0001" and report["timings"]["downgrade"] == 0.7
+    assert report["notes"] == [
+        "downgraded to 0001 with the schema the run started from; the backup was not restored, so what the "
+        "application wrote during the run is kept",
+        "the downgrade of 0002 is lossy: LOSSY - drops the column.",
+    ]
+    assert "  NOTE: the downgrade of 0002 is lossy: LOSSY - drops the column." in summary_lines(report)
+
+
+def test_an_online_restore_says_writes_since_the_backup_may_be_lost_and_why_no_downgrade():
+    steps = dict(
+        STEPS,
+        preflight={**STEPS["preflight"], "mode": "online"},
+        backup={**STEPS["backup"], "manifest": {"started_at": "2026-11-25T10:00:00Z"}},
+        downgrade={"ok": False, "msg": "downgrade of meetings failed: the downgrade of 0003 failed: boom"},
+    )
+    (note,) = _report(steps=steps)["notes"]
+    assert note == (
+        "online mode: the backup was restored instead of downgrading (downgrade of meetings failed: the "
+        "downgrade of 0003 failed: boom); writes the application made after the backup "
+        "(2026-11-25T10:00:00Z) may be lost"
+    )
+    offline = dict(steps, preflight={**STEPS["preflight"], "mode": "offline"})
+    assert _report(steps=offline)["notes"] == []  # nothing could write while the run held the database
