@@ -107,9 +107,7 @@ duration_seconds:
   returned: always
 """
 
-import time
-
-from ansible.module_utils.alembic_runner import MigrationError, Options, downgrade
+from ansible.module_utils.alembic_runner import Options, downgrade, exit_module
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.checksums import schema_fingerprint  # noqa: F401 - shipped for the runner's import
 from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
@@ -131,9 +129,9 @@ def main() -> None:
     )
     require_psycopg2(module)
     p = module.params
-    started = time.monotonic()
-    try:
-        result = downgrade(
+    exit_module(
+        module,
+        lambda: downgrade(
             p["alembic_config"],
             ConnInfo.from_params(p),
             target=p["target"],
@@ -143,13 +141,8 @@ def main() -> None:
             ),
             progress_file=p["progress_file"] or None,
             version_table=p["version_table"],
-        )
-    except MigrationError as exc:
-        module.fail_json(msg=str(exc))
-    result["duration_seconds"] = round(time.monotonic() - started, 3)
-    if result.pop("failed"):
-        module.fail_json(**result)
-    module.exit_json(**result)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -147,9 +147,7 @@ duration_seconds:
   returned: always
 """
 
-import time
-
-from ansible.module_utils.alembic_runner import MigrationError, Options, upgrade
+from ansible.module_utils.alembic_runner import Options, exit_module, upgrade
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.checksums import schema_fingerprint  # noqa: F401 - shipped for the runner's import
 from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
@@ -174,9 +172,9 @@ def main() -> None:
     )
     require_psycopg2(module)
     p = module.params
-    started = time.monotonic()
-    try:
-        result = upgrade(
+    exit_module(
+        module,
+        lambda: upgrade(
             p["alembic_config"],
             ConnInfo.from_params(p),
             target=p["target"],
@@ -191,13 +189,8 @@ def main() -> None:
             version_table=p["version_table"],
             lock_retries=p["lock_retries"],
             lock_retry_delay=p["lock_retry_delay"],
-        )
-    except MigrationError as exc:
-        module.fail_json(msg=str(exc))
-    result["duration_seconds"] = round(time.monotonic() - started, 3)
-    if result.pop("failed"):
-        module.fail_json(**result)
-    module.exit_json(**result)
+        ),
+    )
 
 
 if __name__ == "__main__":

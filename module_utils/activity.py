@@ -297,7 +297,7 @@ def acquire_run_lock(
     try:  # never another run's token: removing it (below, when refused) would end that run's holder
         fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise ActivityError(f"cannot take the run lock: its token file {token} exists (another run's?)") from None
+        raise ActivityError(f"cannot take the run lock: its token file {token} exists") from None
     os.close(fd)
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER],

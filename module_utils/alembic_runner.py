@@ -613,6 +613,20 @@ def _failed(
     return result
 
 
+def exit_module(module, run) -> None:
+    """Run ``run()`` (upgrade or downgrade) for an Ansible module and end it: a refusal (MigrationError) or a
+    failed run fails the task with the result as data, so the rescue sees how far it got."""
+    started = time.monotonic()
+    try:
+        result = run()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    result["duration_seconds"] = round(time.monotonic() - started, 3)
+    if result.pop("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
 # --- The online rescue: downgrade to where the run started --------------------------------------------
 
 
