@@ -387,13 +387,14 @@ def ansible_env(work: Path) -> dict:
     }
 
 
-def migrate_playbook(target: Target, work: Path, dbname: str, tag: str) -> tuple[float, dict]:
+def migrate_playbook(target: Target, work: Path, dbname: str, tag: str, mode: str = "") -> tuple[float, dict]:
     """migrate.yml through ansible-playbook on one database; wall time and the run report."""
     reports = work / f"reports-{tag}"
     argv = [
         "ansible-playbook",
         "-i",
         str(target.inventory),
+        *(["-e", f"db_mode={mode}"] if mode else []),
         "-e",
         f"db_name={dbname}",
         "-e",
@@ -409,19 +410,27 @@ def migrate_playbook(target: Target, work: Path, dbname: str, tag: str) -> tuple
 
 
 def measure_window(target: Target, work: Path) -> dict:
-    """A bare `alembic upgrade head` on a clone vs migrate.yml on the database itself (same data)."""
+    """A bare `alembic upgrade head` on a clone vs migrate.yml in offline mode on the database itself (same
+    data). The window is what the application sees: CONNECT revoked -> given back (the report's
+    frozen_seconds); the whole playbook's wall time is reported beside it."""
     with scratch_database(target, "bench_bare_upgrade", template=target.ci.dbname) as name:
         bare_seconds, _ = timed(lambda: alembic_upgrade(target.with_db(name)))
-    pipeline_seconds, report = migrate_playbook(target, work, target.ci.dbname, "window")
-    timings = report.get("timings", {})
+    pipeline_seconds, report = migrate_playbook(target, work, target.ci.dbname, "window", mode="offline")
+    frozen = report.get("frozen_seconds")
+    if report.get("outcome") != "succeeded" or frozen is None:
+        raise RuntimeError(
+            f"the window run did not succeed frozen: {report.get('outcome')} {report.get('error')}"
+        )
     return {
         "bare_alembic_seconds": bare_seconds,
+        "frozen_seconds": frozen,
         "pipeline_playbook_seconds": pipeline_seconds,
-        "pipeline_step_seconds": timings,
+        "pipeline_step_seconds": report.get("timings", {}),
         "outcome": report.get("outcome"),
-        "ratio": ratio(pipeline_seconds, bare_seconds),
+        "ratio": ratio(frozen, bare_seconds),
+        "ratio_whole_run": ratio(pipeline_seconds, bare_seconds),
         "goal": GOALS["window"],
-        "met": ratio(pipeline_seconds, bare_seconds) <= GOALS["window"],
+        "met": ratio(frozen, bare_seconds) <= GOALS["window"],
     }
 
 
@@ -509,7 +518,9 @@ def markdown(results: dict) -> str:
     w = results.get("window")
     if w:
         lines.append(
-            f"| maintenance window: migrate.yml, whole run | {w['pipeline_playbook_seconds']} s | "
+            f"| maintenance window: application without CONNECT (migrate.yml, offline mode) | "
+            f"{w.get('frozen_seconds', w['pipeline_playbook_seconds'])} s (whole run "
+            f"{w['pipeline_playbook_seconds']} s, {w.get('ratio_whole_run', w['ratio'])}x) | "
             f"alembic upgrade head {w['bare_alembic_seconds']} s | {w['ratio']}x | "
             f"<= {w['goal']}x {'met' if w['met'] else 'NOT met'} |"
         )

@@ -16,6 +16,12 @@ description:
     this module's business), and a connection that fails (wrong password, unreachable server).
   - Never writes to the database; C(changed) is always false.
 options:
+  session_settings:
+    description: Settings the migration's sessions will use (C(lock_timeout), C(statement_timeout)), name to
+      value; each is parsed by the server now, in a transaction rolled back at once, so a bad value is refused
+      before anything runs. Empty values are skipped.
+    type: dict
+    default: {}
   alembic_config:
     description: The project's C(alembic.ini); a relative C(script_location) is read from its directory.
     type: path
@@ -122,6 +128,7 @@ def main() -> None:
             target=dict(type="str", default="head"),
             version_table=dict(type="str", default="alembic_version"),
             run_id=dict(type="str", default=""),
+            session_settings=dict(type="dict", default={}),
             **CONN_ARGSPEC,
         ),
         supports_check_mode=True,
@@ -134,6 +141,7 @@ def main() -> None:
             ConnInfo.from_params(module.params),
             module.params["target"],
             module.params["version_table"],
+            {str(k): str(v) for k, v in module.params["session_settings"].items()},
         )
     except MigrationError as exc:
         module.fail_json(msg=str(exc))

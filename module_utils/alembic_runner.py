@@ -243,15 +243,37 @@ def plan(chain: Chain, current: str | None, target: str) -> Plan:
     return Plan(current=current, target=resolved, pending=pending)
 
 
+def check_session_settings(conn, settings: dict[str, str]) -> None:
+    """Let the server itself parse the migration's session settings (lock_timeout, statement_timeout), in
+    a transaction rolled back at once: a bad value is refused before the backup, not after it."""
+    for name, value in settings.items():
+        if value in (None, ""):
+            continue
+        with conn.cursor() as cur:
+            try:
+                cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
+            except Exception as exc:
+                conn.rollback()
+                reason = _one_line(getattr(exc, "pgerror", None) or exc).removeprefix("ERROR:").strip()
+                raise MigrationError(f"invalid {name} {str(value)!r}: {reason}") from None
+        conn.rollback()
+
+
 def preflight(
-    config_path: str, ci: pgconn.ConnInfo, target: str = "head", version_table: str = "alembic_version"
+    config_path: str,
+    ci: pgconn.ConnInfo,
+    target: str = "head",
+    version_table: str = "alembic_version",
+    session_settings: dict[str, str] | None = None,
 ) -> dict:
-    """Everything the pre-flight checks, read-only: chain, connection, current revision, plan."""
+    """Everything the pre-flight checks, read-only: chain, connection, current revision, plan, and the
+    session settings the migration will run with."""
     chain = load_chain(config_path)
     conn = connect_or_explain(ci)
     try:
         current = read_current_revision(conn, version_table)
         facts = server_facts(conn)
+        check_session_settings(conn, session_settings or {})
     finally:
         conn.close()
     p = plan(chain, current, target)

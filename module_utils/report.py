@@ -121,10 +121,23 @@ def build_report(
             "forensic_database": restore.get("forensic_database"),
         },
         "mode": preflight.get("mode", ""),
+        "frozen_seconds": frozen_seconds(preflight),
         "notes": rescue_notes(outcome, preflight.get("mode", ""), backup, downgrade),
         "timings": {name: _seconds(steps.get(name)) for name in STEPS if steps.get(name)},
         "steps": {name: _scrub(result) for name, result in steps.items() if result},
     }
+
+
+def frozen_seconds(preflight: dict) -> float | None:
+    """Offline mode: how long the application had no CONNECT (revoked -> given back), None otherwise."""
+    start = ((preflight.get("freeze") or {}).get("frozen_at") or "").strip()
+    end = ((preflight.get("thaw") or {}).get("thawed_at") or "").strip()
+    if not (start and end):
+        return None
+    try:
+        return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 2)
+    except ValueError:
+        return None
 
 
 def rescue_notes(outcome: str, mode: str, backup: dict, downgrade: dict) -> list[str]:
@@ -160,6 +173,8 @@ def summary_lines(report: dict) -> list[str]:
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items() if v is not None)
     if timings:
         lines.append(f"  timings: {timings}")
+    if report.get("frozen_seconds") is not None:
+        lines.append(f"  application without CONNECT (offline mode) for {report['frozen_seconds']:.2f}s")
     if report["failed_step"]:
         lines.append(f"  failed at {report['failed_step']}: {report['error']}")
     if report["backup"]["manifest"]:

@@ -233,6 +233,39 @@ def test_online_a_failing_smoke_query_is_undone_by_downgrade_keeping_the_applica
     assert Path(report["backup"]["manifest"]).exists()  # the durable backup was still collected
 
 
+def test_a_durable_backup_failing_after_the_migration_is_undone_by_downgrade_in_offline_mode(
+    pg: PgCluster, seeded_db: str, tmp_path: Path
+):
+    """The dump of the pre-run clone fails while the chain runs: there is no verified backup to restore, so
+    even in offline mode the way back is the downgrade. Nothing wrote meanwhile: the data is exactly as
+    before, CONNECT is back, and the unverified clone is kept (and named) for the operator."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "pg_dump"  # pg_restore still comes from the real bindir
+    fake.write_text(
+        '#!/bin/sh\necho "pg_dump: error: could not write to output file: Input/output error" >&2\nexit 1\n'
+    )
+    fake.chmod(0o700)
+    before = fingerprint(pg, seeded_db)
+    dbs_before = databases(pg)
+
+    proc = migrate(pg, seeded_db, tmp_path, extra={"db_mode": "offline", "db_backup_pg_bindir": str(bindir)})
+
+    assert proc.returncode != 0
+    summary = "\n".join(failure_lines(proc))
+    assert "the durable_backup step failed" in summary and "Input/output error" in summary, summary
+    assert "Downgraded" in summary and "(offline mode)" in summary
+    assert revision(pg, seeded_db) == "0001"
+    assert compare(before, fingerprint(pg, seeded_db)) == []
+    (clone,) = databases(pg) - dbs_before
+    assert "__snap_" in clone and clone in proc.stdout  # kept, and the run says so
+    (report,) = reports(tmp_path / "reports")
+    assert report["outcome"] == "failed-and-downgraded" and report["failed_step"] == "durable_backup"
+    assert report["frozen_seconds"] > 0
+    with contextlib.closing(pg.connect(seeded_db, user=APP, password=APP_PASSWORD)) as conn:
+        assert conn.closed == 0  # CONNECT is back
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -242,6 +275,7 @@ def test_online_a_failing_smoke_query_is_undone_by_downgrade_keeping_the_applica
         ("backup_dir_not_creatable", "cannot create backup directory"),
         ("backup_dir_open_to_others", "is accessible by group/others"),
         ("not_enough_disk", "not enough space in"),
+        ("bad_lock_timeout", "invalid lock_timeout '5 fortnights'"),
     ],
 )
 def test_bad_input_is_refused_before_anything_changes(
@@ -257,6 +291,8 @@ def test_bad_input_is_refused_before_anything_changes(
         extra = {"db_migration_password": "not-the-password"}
     elif case == "unknown_target":
         extra = {"db_migrate_target": "9999"}
+    elif case == "bad_lock_timeout":
+        extra = {"db_migrate_lock_timeout": "5 fortnights"}
     elif case == "backup_dir_not_creatable":
         (tmp_path / "a-file").write_text("")  # even root cannot make a directory below a file
         extra = {"db_backup_dir": str(tmp_path / "a-file" / "backups")}

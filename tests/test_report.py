@@ -151,3 +151,16 @@ def test_an_online_restore_says_writes_since_the_backup_may_be_lost_and_why_no_d
     )
     offline = dict(steps, preflight={**STEPS["preflight"], "mode": "offline"})
     assert _report(steps=offline)["notes"] == []  # nothing could write while the run held the database
+
+
+def test_offline_runs_report_how_long_the_application_had_no_connect():
+    preflight = {
+        **STEPS["preflight"],
+        "mode": "offline",
+        "freeze": {"revoked": ["app"], "frozen_at": "2026-11-25T10:00:00.250000+00:00"},
+        "thaw": {"granted": ["app"], "thawed_at": "2026-11-25T10:04:10.500000+00:00"},
+    }
+    report = _report(outcome="succeeded", steps=dict(STEPS, preflight=preflight))
+    assert report["frozen_seconds"] == 250.25
+    assert "  application without CONNECT (offline mode) for 250.25s" in summary_lines(report)
+    assert _report()["frozen_seconds"] is None  # online: nothing was frozen
