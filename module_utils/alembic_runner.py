@@ -494,7 +494,9 @@ def upgrade(
     try:
         current = read_current_revision(conn, version_table)
         # What the schema looked like before anything ran: an online rescue's downgrade must get back here.
-        schema_before = "" if check_mode else _schema_fingerprint(conn)
+        schema_before = (
+            "" if check_mode else _schema_fingerprint(conn, options.lock_timeout or "5s", progress)
+        )
     finally:
         conn.close()
     p = plan(chain, current, target)
@@ -571,12 +573,23 @@ def _on_upgrade_line(line: str, rev: str, progress: Progress, committed: list[bo
     progress.line(f"[{rev}] {line}")
 
 
-def _schema_fingerprint(conn) -> str:
+def _schema_fingerprint(conn, lock_timeout: str = "10s", progress: Progress | None = None) -> str:
+    """The schema fingerprint, or "" when a lock held by another session keeps it from being read within
+    ``lock_timeout`` (the upgrade goes on under its own lock_timeout; an online rescue without it restores).
+    """
     try:  # checksums imports this module, so it is imported where it is needed
         from ansible.module_utils.checksums import schema_fingerprint
     except ImportError:
         from module_utils.checksums import schema_fingerprint  # type: ignore[no-redef]
-    return schema_fingerprint(conn)
+    try:
+        return schema_fingerprint(conn, lock_timeout)
+    except Exception as exc:
+        if not is_lock_timeout(f"{type(exc).__name__} {exc}"):
+            raise
+        conn.rollback()
+        if progress is not None:
+            progress.line(f"schema fingerprint not taken: a lock was held past {lock_timeout}")
+        return ""
 
 
 def is_lock_timeout(error: str) -> bool:
@@ -747,6 +760,10 @@ def downgrade(
     if now != target:
         return _downgrade_failed(
             result, ci, version_table, progress, f"the database is at {now}, not {target}"
+        )
+    if expected_schema and not schema_after:
+        return _downgrade_failed(
+            result, ci, version_table, progress, f"the schema at {target} could not be read (a lock was held)"
         )
     if expected_schema:
         result["schema_matches"] = schema_after == expected_schema

@@ -82,16 +82,31 @@ def revision_checksums(config_path: str, revisions: list[str] | None = None) -> 
     }
 
 
-def schema_description(conn) -> list[str]:
-    """The canonical lines the schema fingerprint hashes (also handy to diff by hand)."""
+def schema_description(conn, lock_timeout: str = "10s") -> list[str]:
+    """The canonical lines the schema fingerprint hashes (also handy to diff by hand).
+
+    Deparsing defaults and constraints opens each table, so a session holding an ACCESS EXCLUSIVE lock
+    would make this wait forever: it waits ``lock_timeout`` at most (psycopg2's LockNotAvailable then),
+    and the connection's own setting is put back afterwards.
+    """
     with conn.cursor() as cur:
-        cur.execute(SCHEMA_DESCRIPTION_SQL, {"history": HISTORY_SCHEMA})
-        return [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT pg_catalog.current_setting('lock_timeout')")
+        previous = cur.fetchone()[0]
+        cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", [lock_timeout])
+        try:
+            cur.execute(SCHEMA_DESCRIPTION_SQL, {"history": HISTORY_SCHEMA})
+            return [row[0] for row in cur.fetchall()]
+        finally:
+            if conn.get_transaction_status() != _IN_ERROR:
+                cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", [previous])
 
 
-def schema_fingerprint(conn) -> str:
+_IN_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
+
+
+def schema_fingerprint(conn, lock_timeout: str = "10s") -> str:
     """sha256 over the schema description, one line each."""
     digest = hashlib.sha256()
-    for line in schema_description(conn):
+    for line in schema_description(conn, lock_timeout):
         digest.update(line.encode() + b"\n")
     return digest.hexdigest()
