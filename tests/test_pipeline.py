@@ -205,7 +205,7 @@ def test_online_a_failing_smoke_query_is_undone_by_downgrade_keeping_the_applica
     assert proc.returncode != 0
     summary = "\n".join(failure_lines(proc))
     assert "meetings table is empty" in summary and "broken sql" in summary
-    assert "Downgraded" in summary and "what the application wrote during the run is kept" in summary
+    assert "Downgraded" in summary and "anything the application wrote during the run is kept" in summary
     assert "Lossy downgrades" in summary and "0005, 0004, 0002" in summary
 
     assert revision(pg, seeded_db) == "0001"
