@@ -19,10 +19,6 @@ description:
     schema differs; the caller restores the backup then.
   - Lists in C(lossy) the downgrades whose revision docstring calls them LOSSY (its C(Downgrade) paragraph).
 options:
-  alembic_config:
-    description: Path of the project's C(alembic.ini); Alembic runs from its directory.
-    type: path
-    required: true
   target:
     description: The revision to go back to (the run's starting revision), or C(base).
     type: str
@@ -32,22 +28,6 @@ options:
       empty skips the schema check.
     type: str
     default: ""
-  lock_timeout:
-    description: Passed as C(-x lock_timeout=); empty leaves env.py's default.
-    type: str
-    default: ""
-  statement_timeout:
-    description: Passed as C(-x statement_timeout=); empty leaves env.py's default.
-    type: str
-    default: ""
-  progress_file:
-    description: File to append progress lines to (created 0600); empty for none.
-    type: path
-    default: ""
-  version_table:
-    description: Alembic's version table (as the project's env.py names it).
-    type: str
-    default: alembic_version
   login_db:
     description: The target database.
     type: str
@@ -61,6 +41,7 @@ options:
     type: str
     default: ""
 extends_documentation_fragment:
+  - alembic_cli
   - pgconn
 """
 

@@ -114,9 +114,7 @@ duration_seconds:
   returned: success
 """
 
-import time
-
-from ansible.module_utils.alembic_runner import MigrationError, new_run_id, preflight
+from ansible.module_utils.alembic_runner import exit_module, new_run_id, preflight
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgconn import CONN_ARGSPEC, ConnInfo, require_psycopg2
 
@@ -134,22 +132,21 @@ def main() -> None:
         supports_check_mode=True,
     )
     require_psycopg2(module)
-    started = time.monotonic()
-    try:
-        facts = preflight(
-            module.params["alembic_config"],
-            ConnInfo.from_params(module.params),
-            module.params["target"],
-            module.params["version_table"],
-            {str(k): str(v) for k, v in module.params["session_settings"].items()},
-        )
-    except MigrationError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(
-        changed=False,
-        run_id=module.params["run_id"] or new_run_id(),
-        duration_seconds=round(time.monotonic() - started, 3),
-        **facts,
+    p = module.params
+    exit_module(
+        module,
+        lambda: {
+            "changed": False,
+            "failed": False,
+            "run_id": p["run_id"] or new_run_id(),
+            **preflight(
+                p["alembic_config"],
+                ConnInfo.from_params(p),
+                p["target"],
+                p["version_table"],
+                {str(k): str(v) for k, v in p["session_settings"].items()},
+            ),
+        },
     )
 
 

@@ -18,22 +18,10 @@ description:
     (C(alembic upgrade <from>:<to> --sql)).
   - At the target already, returns C(changed=false).
 options:
-  alembic_config:
-    description: Path of the project's C(alembic.ini); Alembic runs from its directory.
-    type: path
-    required: true
   target:
     description: The revision to reach, C(head) or a full revision id of the chain.
     type: str
     default: head
-  lock_timeout:
-    description: Passed as C(-x lock_timeout=); empty leaves env.py's default.
-    type: str
-    default: ""
-  statement_timeout:
-    description: Passed as C(-x statement_timeout=); empty leaves env.py's default.
-    type: str
-    default: ""
   batch_size:
     description: Passed as C(-x batch_size=); 0 leaves env.py's default.
     type: int
@@ -42,14 +30,6 @@ options:
     description: Passed as C(-x batch_sleep=) (pause between backfill batches); empty leaves env.py's default.
     type: str
     default: ""
-  progress_file:
-    description: File to append progress lines to (created 0600); empty for none.
-    type: path
-    default: ""
-  version_table:
-    description: Alembic's version table (as the project's env.py names it).
-    type: str
-    default: alembic_version
   lock_retries:
     description: Run a revision again this many times when it gives up waiting for a lock (after env.py's
       own per-statement retries) and its work was rolled back; 0 never retries.
@@ -72,6 +52,7 @@ options:
     type: str
     default: ""
 extends_documentation_fragment:
+  - alembic_cli
   - pgconn
 """
 

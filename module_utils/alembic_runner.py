@@ -221,13 +221,17 @@ def _span(revisions: list[str]) -> str:
     return f"{len(revisions)} revision(s), {revisions[0]} .. {revisions[-1]}"
 
 
-def plan(chain: Chain, current: str | None, target: str) -> Plan:
-    """What an upgrade from `current` to `target` applies, in order; refusals are one line each."""
-    resolved = resolve_target(chain, target)
+def _require_known(chain: Chain, current: str | None) -> None:
     if current is not None and current not in chain.revisions:
         raise MigrationError(
             f"database is at {current}, which the chain at {chain.location} does not contain"
         )
+
+
+def plan(chain: Chain, current: str | None, target: str) -> Plan:
+    """What an upgrade from `current` to `target` applies, in order; refusals are one line each."""
+    resolved = resolve_target(chain, target)
+    _require_known(chain, current)
     below_current = chain.ancestors(current)
     if current is not None and resolved != current and resolved in below_current:
         raise MigrationError(
@@ -601,14 +605,26 @@ def _retryable(error: str, ci: pgconn.ConnInfo, version_table: str, result: dict
     if not is_lock_timeout(error):
         return False
     try:
-        conn = pgconn.connect(ci)
-        try:
-            now = read_current_revision(conn, version_table) or BASE
-        finally:
-            conn.close()
+        return _revision_now(ci, version_table) == result["revision_after"]
     except Exception:
         return False
-    return now == result["revision_after"]
+
+
+def _revision_now(ci: pgconn.ConnInfo, version_table: str) -> str:
+    """The database's revision read on a fresh connection (after a child process failed or was killed)."""
+    conn = pgconn.connect(ci)
+    try:
+        return read_current_revision(conn, version_table) or BASE
+    finally:
+        conn.close()
+
+
+def _revision_or_unknown(ci: pgconn.ConnInfo, version_table: str) -> str:
+    """Where a failed run left the database, for its message: the revision, or why it cannot be read."""
+    try:
+        return _revision_now(ci, version_table)
+    except Exception as exc:
+        return f"unknown ({_one_line(exc)})"
 
 
 def _failed(
@@ -622,14 +638,7 @@ def _failed(
     progress: Progress,
 ) -> dict:
     """Fill in the failure: which revision, the root error, what ran before it, where the db is now."""
-    try:
-        conn = pgconn.connect(ci)
-        try:
-            now = read_current_revision(conn, version_table) or BASE
-        finally:
-            conn.close()
-    except Exception as exc:
-        now = f"unknown ({_one_line(exc)})"
+    now = _revision_or_unknown(ci, version_table)
     applied = [a["revision"] for a in result["applied"]]
     result.update(
         failed=True,
@@ -649,8 +658,9 @@ def _failed(
 
 
 def exit_module(module, run) -> None:
-    """Run ``run()`` (upgrade or downgrade) for an Ansible module and end it: a refusal (MigrationError) or a
-    failed run fails the task with the result as data, so the rescue sees how far it got."""
+    """Run ``run()`` (pre-flight, upgrade or downgrade) for an Ansible module and end it, timed: a refusal
+    (MigrationError) or a failed run fails the task with the result as data, so the rescue sees how far it
+    got."""
     started = time.monotonic()
     try:
         result = run()
@@ -693,10 +703,7 @@ def downgrade(
         current = read_current_revision(conn, version_table)
     finally:
         conn.close()
-    if current is not None and current not in chain.revisions:
-        raise MigrationError(
-            f"database is at {current}, which the chain at {chain.location} does not contain"
-        )
+    _require_known(chain, current)
     above = chain.ancestors(current) - chain.ancestors(goal)
     if goal is not None and goal not in chain.ancestors(current):
         raise MigrationError(
@@ -790,14 +797,7 @@ def downgrade(
 def _downgrade_failed(
     result: dict, ci: pgconn.ConnInfo, version_table: str, progress: Progress, why: str
 ) -> dict:
-    try:
-        conn = pgconn.connect(ci)
-        try:
-            result["revision_after"] = read_current_revision(conn, version_table) or BASE
-        finally:
-            conn.close()
-    except Exception as exc:
-        result["revision_after"] = f"unknown ({_one_line(exc)})"
+    result["revision_after"] = _revision_or_unknown(ci, version_table)
     result["failed"] = True
     result["msg"] = f"{why} (database is now at {result['revision_after']})"
     progress.line(f"DOWNGRADE FAILED: {result['msg']}")

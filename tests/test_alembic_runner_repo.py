@@ -54,13 +54,13 @@ def manifest_of(pg: PgCluster, dbname: str, path: Path) -> str:
     return str(path)
 
 
-def user_project(tmp_path: Path) -> Path:
+def user_project(tmp_path: Path, revision: str = FAILING_REVISION) -> Path:
     """A copy of the shipped project (self-contained, docs/DESIGN.md) with the user's failing 0006 on top."""
     dest = tmp_path / "project"
     dest.mkdir()
     shutil.copy(REPO_INI, dest / "alembic.ini")
     shutil.copytree(ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / "migrations" / "versions" / "0006_user_audit_log.py").write_text(FAILING_REVISION)
+    (dest / "migrations" / "versions" / "0006_user_audit_log.py").write_text(revision)
     return dest / "alembic.ini"
 
 
@@ -175,10 +175,7 @@ def test_downgrade_undoes_the_applied_revisions_and_proves_the_schema_is_back(
 def test_a_revision_that_committed_before_failing_is_flagged_and_its_leftovers_fail_the_schema_check(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ) -> None:
-    ini = user_project(tmp_path)
-    (tmp_path / "project" / "migrations" / "versions" / "0006_user_audit_log.py").write_text(
-        COMMITTING_REVISION
-    )
+    ini = user_project(tmp_path, COMMITTING_REVISION)
     ci = conninfo(pg, seeded_db)
     up = ar.upgrade(str(ini), ci)
     assert up["failed"] and up["failed_revision"] == "0006"
@@ -193,10 +190,7 @@ def test_a_revision_that_committed_before_failing_is_flagged_and_its_leftovers_f
 def test_a_failing_downgrade_stops_there_and_says_where_the_database_is(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ) -> None:
-    ini = user_project(tmp_path)
-    (tmp_path / "project" / "migrations" / "versions" / "0006_user_audit_log.py").write_text(
-        UNDOWNGRADABLE_REVISION
-    )
+    ini = user_project(tmp_path, UNDOWNGRADABLE_REVISION)
     ci = conninfo(pg, seeded_db)
     up = ar.upgrade(str(ini), ci)
     assert not up["failed"], up["msg"]
