@@ -82,6 +82,9 @@ def revision_checksums(config_path: str, revisions: list[str] | None = None) -> 
     }
 
 
+_IN_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
+
+
 def schema_description(conn, lock_timeout: str = "10s") -> list[str]:
     """The canonical lines the schema fingerprint hashes (also handy to diff by hand).
 
@@ -99,9 +102,6 @@ def schema_description(conn, lock_timeout: str = "10s") -> list[str]:
         finally:
             if conn.get_transaction_status() != _IN_ERROR:
                 cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", [previous])
-
-
-_IN_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
 
 
 def schema_fingerprint(conn, lock_timeout: str = "10s") -> str:

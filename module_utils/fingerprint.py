@@ -90,13 +90,13 @@ def method_of(entry: dict) -> str:
     return str(entry.get("method", "text"))
 
 
-def _checksum(cur, schema: str, name: str, method: str) -> tuple[int, str]:
+def _table_entry(cur, schema: str, name: str, method: str) -> dict[str, object]:
     query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {}.{} AS fp_row").format(
         sql.SQL(_ROW_HASH[method]), sql.Identifier(schema), sql.Identifier(name)
     )
     cur.execute(query)
     rows, checksum = cur.fetchone()
-    return int(rows), checksum
+    return {"rows": int(rows), "checksum": checksum, "method": method}
 
 
 def table_fingerprint(cur, schema: str, name: str, method: str = "auto") -> dict[str, object]:
@@ -108,19 +108,17 @@ def table_fingerprint(cur, schema: str, name: str, method: str = "auto") -> dict
     if method not in ("auto", *METHODS):
         raise ValueError(f"unknown fingerprint method {method!r}")
     if method != "auto":
-        rows, checksum = _checksum(cur, schema, name, method)
-        return {"rows": rows, "checksum": checksum, "method": method}
+        return _table_entry(cur, schema, name, method)
     cur.execute("SAVEPOINT fp_hash")
     try:
-        rows, checksum = _checksum(cur, schema, name, "hash")
+        entry = _table_entry(cur, schema, name, "hash")
     except Exception as exc:
         if getattr(exc, "pgcode", None) not in _NO_ROW_HASH:
             raise
         cur.execute("ROLLBACK TO SAVEPOINT fp_hash")
-        rows, checksum = _checksum(cur, schema, name, "text")
-        return {"rows": rows, "checksum": checksum, "method": "text"}
+        return _table_entry(cur, schema, name, "text")
     cur.execute("RELEASE SAVEPOINT fp_hash")
-    return {"rows": rows, "checksum": checksum, "method": "hash"}
+    return entry
 
 
 def fingerprint(
