@@ -16,6 +16,15 @@ options:
     description: Passed as C(-x statement_timeout=); empty leaves env.py's default.
     type: str
     default: ""
+  batch_size:
+    description: Passed as C(-x batch_size=) (rows per backfill batch, a commit each); 0 leaves env.py's
+      default.
+    type: int
+    default: 0
+  batch_sleep:
+    description: Passed as C(-x batch_sleep=) (pause between backfill batches); empty leaves env.py's default.
+    type: str
+    default: ""
   progress_file:
     description: File to append progress lines to (created 0600); empty for none.
     type: path

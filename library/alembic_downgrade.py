@@ -102,6 +102,8 @@ def main() -> None:
             expected_schema=dict(type="str", default=""),
             lock_timeout=dict(type="str", default=""),
             statement_timeout=dict(type="str", default=""),
+            batch_size=dict(type="int", default=0),
+            batch_sleep=dict(type="str", default=""),
             progress_file=dict(type="path", default=""),
             version_table=dict(type="str", default="alembic_version"),
             **CONN_ARGSPEC,
@@ -118,7 +120,10 @@ def main() -> None:
             target=p["target"],
             expected_schema=p["expected_schema"],
             options=Options(
-                lock_timeout=p["lock_timeout"] or None, statement_timeout=p["statement_timeout"] or None
+                lock_timeout=p["lock_timeout"] or None,
+                statement_timeout=p["statement_timeout"] or None,
+                batch_size=p["batch_size"] or None,
+                batch_sleep=p["batch_sleep"] or None,
             ),
             progress_file=p["progress_file"] or None,
             version_table=p["version_table"],

@@ -22,14 +22,6 @@ options:
     description: The revision to reach, C(head) or a full revision id of the chain.
     type: str
     default: head
-  batch_size:
-    description: Passed as C(-x batch_size=); 0 leaves env.py's default.
-    type: int
-    default: 0
-  batch_sleep:
-    description: Passed as C(-x batch_sleep=) (pause between backfill batches); empty leaves env.py's default.
-    type: str
-    default: ""
   lock_retries:
     description: Run a revision again this many times when it gives up waiting for a lock (after env.py's
       own per-statement retries) and its work was rolled back; 0 never retries.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import stat
 import threading
@@ -68,6 +69,16 @@ def migrate(pg, dbname, tmp_path, *args, extra: dict | None = None, host_extra: 
     )
 
 
+# Distinct batch sizes per mode, so the progress file shows which one the migration ran with.
+BATCH_SIZES = {"db_migrate_batch_size": 100, "db_migrate_offline_batch_size": 250}
+
+
+def batch_widths(report_dir: Path) -> set[int]:
+    """Key ranges of the backfill batches the run's progress file logged ("batch 3: rows 201..300, ...")."""
+    text = "".join(p.read_text() for p in report_dir.glob("*.progress"))
+    return {int(hi) - int(lo) + 1 for lo, hi in re.findall(r"batch \d+: rows (\d+)\.\.(\d+)", text)}
+
+
 def failing_project(tmp_path: Path) -> Path:
     """The shipped project plus a revision that commits work and then fails."""
     dest = tmp_path / "project"
@@ -78,9 +89,11 @@ def failing_project(tmp_path: Path) -> Path:
 
 
 def test_migrates_to_head_with_a_verified_backup_and_a_report(pg: PgCluster, seeded_db: str, tmp_path: Path):
-    proc = migrate(pg, seeded_db, tmp_path)
+    proc = migrate(pg, seeded_db, tmp_path, extra=BATCH_SIZES)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert revision(pg, seeded_db) == "0005"
+    # A manual run is online: the application may write, so the small batches (short row locks).
+    assert batch_widths(tmp_path / "reports") == {100}
 
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "succeeded"
@@ -201,10 +214,12 @@ def test_online_a_failing_smoke_query_is_undone_by_downgrade_keeping_the_applica
         {"name": "broken sql", "sql": "SELECT FROM nowhere_at_all", "expect": {"rows": 1}},
     ]
     with AppWriter(pg, seeded_db) as writer:
-        proc = migrate(pg, seeded_db, tmp_path, extra={"db_smoke_queries": queries})
+        proc = migrate(pg, seeded_db, tmp_path, extra={"db_smoke_queries": queries, **BATCH_SIZES})
     assert proc.returncode != 0
     summary = "\n".join(failure_lines(proc))
     assert "meetings table is empty" in summary and "broken sql" in summary
+    # Upgrade and downgrade (0005's copy back) both batch with the online size while the application writes.
+    assert batch_widths(tmp_path / "reports") == {100}
     assert "Downgraded" in summary and "anything the application wrote during the run is kept" in summary
     assert "Lossy downgrades" in summary and "0005, 0004, 0002" in summary
 
@@ -249,7 +264,12 @@ def test_a_durable_backup_failing_after_the_migration_is_undone_by_downgrade_in_
     before = fingerprint(pg, seeded_db)
     dbs_before = databases(pg)
 
-    proc = migrate(pg, seeded_db, tmp_path, extra={"db_mode": "offline", "db_backup_pg_bindir": str(bindir)})
+    proc = migrate(
+        pg,
+        seeded_db,
+        tmp_path,
+        extra={"db_mode": "offline", "db_backup_pg_bindir": str(bindir), **BATCH_SIZES},
+    )
 
     assert proc.returncode != 0
     summary = "\n".join(failure_lines(proc))
@@ -264,6 +284,8 @@ def test_a_durable_backup_failing_after_the_migration_is_undone_by_downgrade_in_
     assert report["frozen_seconds"] > 0
     with contextlib.closing(pg.connect(seeded_db, user=APP, password=APP_PASSWORD)) as conn:
         assert conn.closed == 0  # CONNECT is back
+    # The chain ran frozen, with the offline batch size (no writer waits on its row locks).
+    assert batch_widths(tmp_path / "reports") == {250}
 
 
 @pytest.mark.parametrize(
