@@ -357,6 +357,7 @@ def measure_online(target: Target, work: Path, segment: int = 10) -> dict:
             raise RuntimeError(f"the chain failed under the writer: {result['msg']}")
         results["pipeline"] = {
             "chain_seconds": seconds,
+            "batch_size": options.batch_size,
             "retries": len(result["retries"]),
             "writer_errors": writer.errors,
             **latency_figures(writer.latencies_ms()),
@@ -542,7 +543,8 @@ def markdown(results: dict) -> str:
             f"| online mode: worst writer stall through the chain "
             f"(pgbench, {on['writer']['clients']} clients, "
             f"{on['writer']['rate_tps']} tps) | worst {p.get('worst_ms')} ms, p99 {p.get('p99_ms')} ms "
-            f"(chain {p['chain_seconds']} s, {p.get('transactions')} transactions) | naive statements: worst "
+            f"(chain {p['chain_seconds']} s, batches of {p.get('batch_size')}, "
+            f"{p.get('transactions')} transactions) | naive statements: worst "
             f"{n.get('worst_ms')} ms, p99 {n.get('p99_ms')} ms (chain {n['chain_seconds']} s) | "
             f"{ratio(p.get('worst_ms', 0), n.get('worst_ms', 0))}x | <= {on['goal_worst_ms']} ms "
             f"{'met' if on['met'] else 'NOT met'} |"
