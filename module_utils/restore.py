@@ -262,11 +262,15 @@ def run_pg_restore(
 
 
 def terminate_sessions(cur, database: str) -> int:
-    """Terminate the sessions pg_signal_backend may end; superusers' stay and make the rename say so."""
+    """Terminate the sessions pg_signal_backend may end; superusers' stay and make the rename say so.
+
+    Processes that advertise no role (autovacuum workers) only a superuser may signal; the rename ends
+    them by itself (PostgreSQL terminates autovacuum workers in a database it renames or drops).
+    """
     cur.execute(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
-        "LEFT JOIN pg_roles r ON r.oid = a.usesysid "
-        "WHERE a.datname = %s AND a.pid <> pg_backend_pid() AND NOT coalesce(r.rolsuper, false)",
+        "JOIN pg_roles r ON r.oid = a.usesysid "
+        "WHERE a.datname = %s AND a.pid <> pg_backend_pid() AND NOT r.rolsuper",
         (database,),
     )
     return int(cur.fetchone()[0])
