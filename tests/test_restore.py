@@ -133,7 +133,8 @@ def test_an_autovacuum_worker_on_the_failed_database_does_not_stop_the_swap(tmp_
             cur.execute("SELECT pg_reload_conf()")
         with closing(vpg.superuser_conn("t_vac")) as conn, conn.cursor() as cur:
             cur.execute(
-                "CREATE TABLE churn AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 100000) g"
+                "CREATE TABLE churn AS"
+                " SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 100000) g"
             )
             cur.execute(
                 "ALTER TABLE churn SET (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,"
