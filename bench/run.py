@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -88,7 +89,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+    """a/b to three decimals, or to two significant figures when that would round it to 0."""
+    if not b:
+        return None
+    r = a / b
+    return round(r, 3) if abs(r) >= 0.01 else float(f"{r:.2g}")
 
 
 def run(argv: list[str], env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -333,11 +338,13 @@ def migration_step_settings() -> tuple[alembic_runner.Options, int, float]:
     return options, int(d["db_migrate_lock_retries"]), float(d["db_migrate_lock_retry_delay"])
 
 
-def measure_online(target: Target, work: Path, segment: int = 10) -> dict:
+def measure_online(target: Target, work: Path, segment: int = 10, batch_size: int | None = None) -> dict:
     """pgbench through the pipeline's migration step (the chain as db_migrate runs it) on one copy of the
     data, and through the naive statements on another; worst and p99 transaction latency of each."""
     assert target.app is not None
     options, retries, delay = migration_step_settings()
+    if batch_size:  # a comparison run (--online-batch-size); the default is db_migrate's online batch size
+        options = dataclasses.replace(options, batch_size=batch_size)
     rows = database_facts(target)["rows"]
     sizes = {"users": max(rows["users"], 1), "meetings": max(rows["meetings"], 1)}
     results: dict = {"writer": {"clients": 4, "rate_tps": 100, "script": WRITER_SCRIPT.name}}
@@ -575,7 +582,9 @@ def lab(state: str, scale: str, inventory: Path) -> float:
 PARTS = ("backup", "rollback", "online", "window", "overhead")
 
 
-def run_bench(target: Target, work: Path, parts: tuple[str, ...] = PARTS) -> dict:
+def run_bench(
+    target: Target, work: Path, parts: tuple[str, ...] = PARTS, online_batch_size: int | None = None
+) -> dict:
     """Measure the figures in order (rollback needs backup's manifest; online needs the data at 0001, and
     the window run takes it to head)."""
     clock = time.monotonic()
@@ -585,7 +594,7 @@ def run_bench(target: Target, work: Path, parts: tuple[str, ...] = PARTS) -> dic
         if "rollback" in parts:
             results["rollback"] = measure_rollback(target, work, results["backup"]["manifest_path"])
     if "online" in parts:  # before the window run, which migrates the database itself
-        results["online"] = measure_online(target, work)
+        results["online"] = measure_online(target, work, batch_size=online_batch_size)
     if "window" in parts:
         results["window"] = measure_window(target, work)
     if "overhead" in parts:
@@ -602,6 +611,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-lab", action="store_true", help="use the running bench cluster as it is")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument(
+        "--online-batch-size",
+        type=int,
+        default=None,
+        help="backfill batch size for the online part (default: db_migrate_batch_size), to compare sizes",
+    )
+    parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
     )
     args = parser.parse_args(argv)
@@ -614,7 +629,7 @@ def main(argv: list[str]) -> int:
         print(f"bench: lab at scale {args.scale} on port {target.ci.port} ...", flush=True)
         lab_seconds = 0.0 if args.no_lab else lab("present", args.scale, target.inventory)
         print(f"bench: lab ready in {lab_seconds} s; measuring {', '.join(parts)} ...", flush=True)
-        results = run_bench(target, work, parts)
+        results = run_bench(target, work, parts, online_batch_size=args.online_batch_size)
         results["lab_seconds"] = lab_seconds
         results["scale"] = args.scale
     finally:
