@@ -57,8 +57,12 @@ ruff: venv
 	ruff check .
 	ruff format --check .
 
+# Two workers (the machine has two cores and one pytest process keeps about one busy); each takes whole
+# test files, so a file's shared fixtures (the fault suite's one playbook run) are built once.
+PYTEST_WORKERS ?= 2
+
 pytest: venv
-	pytest
+	pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 molecule: venv
 	molecule test --all
