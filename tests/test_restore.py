@@ -7,12 +7,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from contextlib import closing
 from pathlib import Path
 
 import psycopg2
 import pytest
+from chain_helpers import wait_for
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, cluster_context
 from test_backup import backup, conn_info
 from test_fingerprint import execute, fp, load_sample
@@ -142,16 +142,15 @@ def test_an_autovacuum_worker_on_the_failed_database_does_not_stop_the_swap(tmp_
                 " autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)"
             )
             cur.execute("DELETE FROM churn")
-            deadline = time.monotonic() + 60
-            while True:
+
+            def autovacuum_working() -> bool:
                 cur.execute(
                     "SELECT count(*) FROM pg_stat_activity"
                     " WHERE datname = 't_vac' AND backend_type = 'autovacuum worker'"
                 )
-                if cur.fetchone()[0]:
-                    break
-                assert time.monotonic() < deadline, "no autovacuum worker started on t_vac"
-                time.sleep(0.2)
+                return bool(cur.fetchone()[0])
+
+            wait_for(autovacuum_working, timeout=60, interval=0.2)
 
         result = restore(vpg, "t_vac", manifest, keep_forensic=False)
 
