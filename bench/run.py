@@ -41,9 +41,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))  # the checkout as pgmigrate.pipeline (make venv)
 
-from module_utils import alembic_runner, backup, restore  # noqa: E402
-from module_utils.pgconn import ConnInfo, connect, pgpass_env  # noqa: E402
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import (  # noqa: E402
+    alembic_runner,
+    backup,
+    restore,
+)
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import (  # noqa: E402
+    ConnInfo,
+    connect,
+    pgpass_env,
+)
 
 INVENTORY = ROOT / "bench" / "inventory"
 WRITER_SCRIPT = ROOT / "bench" / "online_writer.sql"
@@ -402,7 +411,7 @@ def migrate_playbook(target: Target, work: Path, dbname: str, tag: str, mode: st
         "ansible-playbook",
         "-i",
         str(target.inventory),
-        *(["-e", f"db_mode={mode}"] if mode else []),
+        *(["-e", f"db_preflight_mode={mode}"] if mode else []),
         "-e",
         f"db_name={dbname}",
         "-e",

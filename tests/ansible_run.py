@@ -36,6 +36,7 @@ def host_vars(pg: PgCluster, dbname: str, environment: str = "staging", **extra)
         "db_name": dbname,
         "db_migration_user": MIGRATOR,
         "db_app_user": APP,
+        "db_alembic_config": str(ROOT / "alembic.ini"),
         **extra,
     }
 

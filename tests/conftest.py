@@ -15,6 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+# The checkout as the collection pgmigrate.pipeline (make venv links it): module_utils are imported by their
+# collection path, as the modules import them.
+COLLECTIONS = ROOT / ".cache" / "collections"
+if not (COLLECTIONS / "ansible_collections" / "pgmigrate" / "pipeline").is_dir():
+    raise SystemExit(f"{COLLECTIONS} does not hold the collection link: run `make venv` first")
+sys.path.insert(0, str(COLLECTIONS))
 
 from pgcluster import PgCluster, cluster_context  # noqa: E402
 

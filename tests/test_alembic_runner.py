@@ -15,10 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import alembic_runner as ar
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import pgconn
 from pgcluster import MIGRATOR, MIGRATOR_PASSWORD, PgCluster
-
-from module_utils import alembic_runner as ar
-from module_utils import pgconn
 
 ENV_PY = '''
 """Contract-following env.py for tests: DATABASE_URL, -x lock_timeout/statement_timeout."""

@@ -1,7 +1,7 @@
 """The shipped chain (alembic.ini, migrations/) through the runner and the smoke checks, on seeded data.
 
 A user's revision that fails is added to a copy of the project in tmp_path, the way users point
-db_migrate_alembic_config at their own project.
+db_alembic_config at their own project.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import alembic_runner as ar
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import smoke
 from pgcluster import APP, APP_PASSWORD, PgCluster
 from test_alembic_runner import conninfo, db_state
-
-from module_utils import alembic_runner as ar
-from module_utils import smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_INI = ROOT / "alembic.ini"

@@ -14,12 +14,16 @@ import threading
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.backup import (
+    BackupError,
+    BackupRequest,
+    run_backup,
+    sha256_file,
+)
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import compare
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo, pgpass_env
 from pgcluster import MIGRATOR, MIGRATOR_PASSWORD, PG_BINDIR
 from test_fingerprint import execute, fp, load_sample
-
-from module_utils.backup import BackupError, BackupRequest, run_backup, sha256_file
-from module_utils.fingerprint import compare
-from module_utils.pgconn import ConnInfo, pgpass_env
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^staging__(?P<db>.+)__\d{8}T\d{6}Z__(?P<rev>.+)\.(dump|dir)$")

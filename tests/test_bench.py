@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo
 from conftest import ROOT, run_alembic, seed
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD
-
-from module_utils.pgconn import ConnInfo
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo, pgpass_env
 from chain_helpers import failed_line, state
 from conftest import run_alembic
 from pgcluster import MIGRATOR, MIGRATOR_PASSWORD, free_port
-
-from module_utils.pgconn import ConnInfo, pgpass_env
 
 
 def assert_refused(pg, db, *args, expect: str, url: str | None = None, env_extra: dict | None = None):

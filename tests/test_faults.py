@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psycopg2.errors
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import activity
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo
 from ansible_run import host_vars, run_playbook
 from conftest import run_alembic, seed
 from faults import inject, projects
@@ -30,15 +32,11 @@ from faults.state import HISTORY_SCHEMA, app_can_read, databases, differences, r
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster, cluster_context, free_port
 from psycopg2 import sql
 
-from module_utils import activity
-from module_utils.pgconn import ConnInfo
-
 HEAD = "0005"
 TEMPLATE = "fault_template"
 HOSTILE = 'x"; DROP TABLE users; --'
 F8_OWNER = "fault_owner_f8"
 WRONG_PW_ROLE = "fault_wrongpw"
-FAST_POLL = {"db_job_wait_poll_seconds": 1}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,7 @@ def run_with_faults(
         finally:
             gates[fault.host].release()
 
-    extra_vars = {"db_report_dir": str(tmp / "reports"), **FAST_POLL, **(extra or {})}
+    extra_vars = {"db_report_dir": str(tmp / "reports"), **(extra or {})}
     with inject.playbook("playbooks/migrate.yml", hosts, extra_vars, tmp, "--forks", "20", *args) as proc:
         threads = [threading.Thread(target=injector, args=(f,)) for f in faults if f.inject]
         for t in threads:
@@ -175,12 +173,24 @@ def refuse_new_databases(pg: PgCluster, db: str, backups: Path, pid: int) -> Non
     inject.signal_backend(pg, db, pid, "cancel")
 
 
+# Fault 11: the application's long transaction, opened once the migration waits at the gate (pre-flight saw
+# no blocker), holds the lock the revision's DDL needs; it stays open until the shared run is over.
+BLOCKERS: list = []
+
+
+def block_meetings(pg: PgCluster, db: str, backups: Path, pid: int) -> None:
+    holder = pg.connect(db, user=APP, password=APP_PASSWORD)
+    BLOCKERS.append(holder)
+    with holder.cursor() as cur:
+        cur.execute("SELECT count(*) FROM meetings")  # ACCESS SHARE, held until the transaction ends
+
+
 def gated_early(tmp: Path, host: str) -> dict:
     """A project whose 0002 commits work and waits at the gate (the rest of the chain never runs)."""
     config = projects.project(
         tmp / "projects" / host, projects.gated("0002", "0001"), drop="0002_add_meeting_status.py"
     )
-    return {"db_migrate_alembic_config": str(config)}
+    return {"db_alembic_config": str(config)}
 
 
 FAILING_SMOKE = [
@@ -197,9 +207,7 @@ def shared_run(fc: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "f1_mid_chain",
             clone(fc, "f1"),
             {
-                "db_migrate_alembic_config": str(
-                    projects.project(tmp / "projects/f1", projects.FAILS_MID_CHAIN)
-                ),
+                "db_alembic_config": str(projects.project(tmp / "projects/f1", projects.FAILS_MID_CHAIN)),
                 "db_migrate_batch_size": 50,
             },
         ),
@@ -207,7 +215,7 @@ def shared_run(fc: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "f2_concurrent_index",
             clone(fc, "f2"),
             {
-                "db_migrate_alembic_config": str(
+                "db_alembic_config": str(
                     projects.project(
                         tmp / "projects/f2",
                         projects.FAILS_AFTER_CONCURRENT_INDEX,
@@ -225,7 +233,21 @@ def shared_run(fc: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
             {**gated_early(tmp, "f8"), "db_migration_user": F8_OWNER},
             refuse_new_databases,
         ),
-        Fault("f11_lock_held", clone(fc, "f11"), {"db_migrate_lock_timeout": "200ms"}),
+        Fault(
+            "f11_lock_held",
+            clone(fc, "f11"),
+            {
+                "db_alembic_config": str(
+                    projects.project(
+                        tmp / "projects/f11", projects.gated_before_ddl(), drop="0002_add_meeting_status.py"
+                    )
+                ),
+                "db_migrate_lock_timeout": "200ms",
+                "db_migrate_lock_retries": 2,
+                "db_migrate_lock_retry_delay": 0.5,
+            },
+            block_meetings,
+        ),
         Fault("f12_unreachable", clone(fc, "f12a"), {"db_port": free_port()}),
         Fault("f12_wrong_password", clone(fc, "f12b"), {"db_migration_user": WRONG_PW_ROLE}),
         Fault("f12_unknown_target", clone(fc, "f12c"), {"db_migrate_target": "9999"}),
@@ -235,14 +257,11 @@ def shared_run(fc: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ),
         Fault("f12_hostile_database", clone(fc, HOSTILE), {"db_migrate_target": "0002"}),
     ]
-    # Fault 11: a long transaction of the application holds a lock every DDL of 0002 needs.
-    holder = fc.connect("f11", user=APP, password=APP_PASSWORD)
-    with holder.cursor() as cur:
-        cur.execute("SELECT count(*) FROM meetings")
     try:
         yield run_with_faults(fc, faults, tmp, "-v")
     finally:
-        holder.close()
+        for holder in BLOCKERS:
+            holder.close()
         with contextlib.closing(fc.superuser_conn()) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(F8_OWNER)))
 
@@ -329,11 +348,16 @@ def test_7_8_failed_restores_leave_no_stray_database(fc: PgCluster, shared_run: 
 
 
 def test_11_lock_held_by_a_long_transaction_fails_cleanly_naming_the_lock(fc: PgCluster, shared_run: Run):
-    one_line(shared_run, "f11_lock_held", "lock")
+    """The blocker appears after pre-flight (which saw none): the revision's DDL times out on its lock, is run
+    again twice, then fails; nothing was committed, so the online rescue downgrades (nothing to undo)."""
+    one_line(shared_run, "f11_lock_held", "revision 0002 failed", "canceling statement due to lock timeout")
     report = shared_run.reports["f11_lock_held"]
-    assert report["outcome"] in ("failed-and-downgraded", "failed-and-restored", "deferred", "refused"), (
-        report["outcome"]
-    )
+    assert report["steps"]["window"]["verdict"] == "go" and report["steps"]["window"]["blockers"] == []
+    assert report["outcome"] == "failed-and-downgraded" and report["failed_step"] == "migrate"
+    retries = report["steps"]["migrate"]["retries"]
+    assert [(r["revision"], r["attempt"]) for r in retries] == [("0002", 1), ("0002", 2)]
+    assert all("lock timeout" in r["error"] for r in retries)
+    assert report["steps"]["downgrade"]["downgraded"] == []
     assert_unchanged(fc, shared_run, "f11_lock_held", "f11")
 
 
@@ -431,7 +455,7 @@ def test_restore_refuses_an_archive_that_others_can_write(fc: PgCluster, shared_
         proc = run_playbook(
             "playbooks/restore.yml",
             {"hostile": host_vars(fc, HOSTILE)},
-            {"backup": str(manifest), "db_report_dir": str(tmp / "reports"), **FAST_POLL},
+            {"backup": str(manifest), "db_report_dir": str(tmp / "reports")},
             tmp,
         )
     finally:
@@ -550,7 +574,7 @@ def test_9_second_run_while_the_first_migrates_is_refused_and_the_first_finishes
         second["proc"] = run_playbook(
             "playbooks/migrate.yml",
             {"second": host_vars(pg, db, db_backup_dir=str(tmp_path / "second" / "backups"), **hostvars)},
-            {"db_report_dir": str(tmp_path / "second" / "reports"), **FAST_POLL},
+            {"db_report_dir": str(tmp_path / "second" / "reports")},
             tmp_path / "second",
             timeout=240,
         )
@@ -585,7 +609,7 @@ def test_10_killed_ansible_playbook_is_detected_by_the_next_run(fc: PgCluster, t
     hosts = {"solo": host_vars(fc, db, db_backup_dir=str(first / "backups"), **hostvars)}
     try:
         with inject.playbook(
-            "playbooks/migrate.yml", hosts, {"db_report_dir": str(first / "reports"), **FAST_POLL}, first
+            "playbooks/migrate.yml", hosts, {"db_report_dir": str(first / "reports")}, first
         ) as proc:
             pid = gate.wait_for_migration()
             assert not take_run_lock(fc, db, tmp_path)["locked"], "the run lock must be held while migrating"
@@ -614,7 +638,7 @@ def test_10_killed_ansible_playbook_is_detected_by_the_next_run(fc: PgCluster, t
     proc2 = run_playbook(
         "playbooks/migrate.yml",
         {"solo": host_vars(fc, db, db_backup_dir=str(second / "backups"), **hostvars)},
-        {"db_report_dir": str(second / "reports"), **FAST_POLL},
+        {"db_report_dir": str(second / "reports")},
         second,
         timeout=240,
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 from contextlib import closing
 
 import pytest
-
-from module_utils.fingerprint import compare, database_fingerprint, expected_methods
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import (
+    compare,
+    database_fingerprint,
+    expected_methods,
+)
 
 # Awkward types on purpose: their text form depends on session settings the fingerprint pins.
 SAMPLE_SCHEMA = """

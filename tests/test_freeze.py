@@ -13,11 +13,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import freeze
 from ansible_run import failure_lines
 from pgcluster import APP, APP_PASSWORD, PgCluster
 from test_pipeline import failing_project, migrate, reports, revision
-
-from module_utils import freeze
 
 
 def app_can_connect(pg: PgCluster, dbname: str) -> bool:
@@ -90,14 +89,14 @@ def test_offline_mode_cuts_the_application_and_connect_returns(
 ):
     app = pg.connect(seeded_db, user=APP, password=APP_PASSWORD)
     pid = app.get_backend_pid()
-    extra: dict = {"db_mode": "offline"}
+    extra: dict = {"db_preflight_mode": "offline"}
     if fail:
-        extra["db_migrate_alembic_config"] = str(failing_project(tmp_path))
+        extra["db_alembic_config"] = str(failing_project(tmp_path))
     proc = migrate(pg, seeded_db, tmp_path, extra=extra)
     assert not app_session_alive(app)
     app.close()
     (report,) = reports(tmp_path / "reports")
-    freeze_step = report["steps"]["preflight"]["freeze"]
+    freeze_step = report["steps"]["freeze"]
     assert [s["pid"] for s in freeze_step["terminated"]] == [pid]
     assert report["steps"]["preflight"]["mode"] == "offline"
     if fail:

@@ -1,7 +1,7 @@
 """The promotion gate, deployment history and release.yml, through the real ansible-playbook.
 
 One staging and one or two production databases live in the session's cluster; the production hosts
-read the staging database's history the way the production inventory says (db_gate_staging_*).
+read the staging database's history the way the production inventory says (db_preflight_gate_staging_*).
 Every refusal shows the one-line reason and that production's data did not change.
 """
 
@@ -17,12 +17,14 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.checksums import file_sha256
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import (
+    compare,
+    database_fingerprint,
+)
 from ansible_run import ROOT, ansible_env, failure_lines, host_vars, playbook_cmd, run_playbook, write_private
 from conftest import run_alembic, seed
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
-
-from module_utils.checksums import file_sha256
-from module_utils.fingerprint import compare, database_fingerprint
 
 FAILING_REVISION = ROOT / "tests" / "fixtures" / "0006_fails_after_committed_work.py"
 
@@ -61,7 +63,7 @@ def new_seeded_db(pg: PgCluster, name: str) -> str:
 
 
 def project_copy(tmp_path: Path, failing: bool = False) -> Path:
-    """The shipped Alembic project copied, as a user points db_migrate_alembic_config at their own."""
+    """The shipped Alembic project copied, as a user points db_alembic_config at their own."""
     dest = tmp_path / "project"
     shutil.copytree(ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "alembic.ini", dest / "alembic.ini")
@@ -75,10 +77,10 @@ def production_vars(pg: PgCluster, dbname: str, staging_db: str) -> dict:
         pg,
         dbname,
         environment="production",
-        db_gate_staging_host="127.0.0.1",
-        db_gate_staging_port=pg.port,
-        db_gate_staging_name=staging_db,
-        db_gate_staging_user=MIGRATOR,
+        db_preflight_gate_staging_host="127.0.0.1",
+        db_preflight_gate_staging_port=pg.port,
+        db_preflight_gate_staging_name=staging_db,
+        db_preflight_gate_staging_user=MIGRATOR,
     )
 
 
@@ -86,7 +88,7 @@ def pipeline_vars(tmp_path: Path, **extra) -> dict:
     return {
         "db_backup_dir": str(tmp_path / "backups"),
         "db_report_dir": str(tmp_path / "reports"),
-        "db_gate_staging_password": MIGRATOR_PASSWORD,
+        "db_preflight_gate_staging_password": MIGRATOR_PASSWORD,
         **extra,
     }
 
@@ -193,16 +195,14 @@ def test_production_alone_is_refused_override_is_recorded_release_passes_drift_r
 def test_an_edited_applied_revision_is_refused_and_named(pg: PgCluster, dbs, tmp_path: Path):
     staging, production = dbs("stg"), dbs("prd")
     config = project_copy(tmp_path)
-    proc = migrate(tmp_path, "s", host_vars(pg, staging), db_migrate_alembic_config=str(config))
+    proc = migrate(tmp_path, "s", host_vars(pg, staging), db_alembic_config=str(config))
     assert proc.returncode == 0, proc.stdout[-3000:]
 
     edited = config.parent / "migrations" / "versions" / "0003_add_meeting_indexes.py"
     edited.write_text(edited.read_text() + "\n# tweaked after staging applied it\n")
     before = data_fingerprint(pg, production)
 
-    proc = migrate(
-        tmp_path, "p", production_vars(pg, production, staging), db_migrate_alembic_config=str(config)
-    )
+    proc = migrate(tmp_path, "p", production_vars(pg, production, staging), db_alembic_config=str(config))
     assert proc.returncode != 0
     assert any(
         "0003_add_meeting_indexes.py differs from the file staging applied" in m for m in failure_lines(proc)
@@ -211,7 +211,7 @@ def test_an_edited_applied_revision_is_refused_and_named(pg: PgCluster, dbs, tmp
     assert revision(pg, production) == "0001"
 
     # Staging itself (nothing pending) refuses to run on a chain whose applied file changed.
-    proc = migrate(tmp_path, "s2", host_vars(pg, staging), db_migrate_alembic_config=str(config))
+    proc = migrate(tmp_path, "s2", host_vars(pg, staging), db_alembic_config=str(config))
     assert proc.returncode != 0
     assert any(
         "0003_add_meeting_indexes.py (revision 0003) changed after run" in m for m in failure_lines(proc)
@@ -251,15 +251,17 @@ def test_a_killed_run_stays_running_and_blocks_until_resolved(pg: PgCluster, dbs
     proc = migrate(tmp_path, "next", host_vars(pg, staging))
     assert proc.returncode != 0
     line = next((m for m in failure_lines(proc) if "never finished" in m), str(failure_lines(proc)))
-    assert f"run {killed['run_id']} started" in line and f"db_history_resolve_run={killed['run_id']}" in line
+    assert (
+        f"run {killed['run_id']} started" in line and f"db_preflight_resolve_run={killed['run_id']}" in line
+    )
     assert compare(fp, data_fingerprint(pg, staging)) == []
 
     proc = migrate(
         tmp_path,
         "resolved",
         host_vars(pg, staging),
-        db_history_resolve_run=killed["run_id"],
-        db_history_resolve_reason="runner rebooted; checked revision and data",
+        db_preflight_resolve_run=killed["run_id"],
+        db_preflight_resolve_reason="runner rebooted; checked revision and data",
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     rows = {r["run_id"]: r for r in history(pg, staging)}
@@ -277,7 +279,7 @@ def test_release_stops_after_a_staging_failure_without_touching_production(
     staging, production = dbs("stg"), dbs("prd")
     before = data_fingerprint(pg, production)
     proc = release(
-        pg, tmp_path, staging, production, db_migrate_alembic_config=str(project_copy(tmp_path, failing=True))
+        pg, tmp_path, staging, production, db_alembic_config=str(project_copy(tmp_path, failing=True))
     )
     assert proc.returncode != 0
     # Every staging database failed, so Ansible ends the playbook there; had only some failed, the guard

@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import history
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.alembic_runner import revision_checksums
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.checksums import schema_fingerprint
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo, connect
 from pgcluster import PgCluster
-
-from module_utils import history
-from module_utils.checksums import revision_checksums, schema_fingerprint
-from module_utils.pgconn import ConnInfo, connect
 
 CHAIN = revision_checksums("alembic.ini")
 

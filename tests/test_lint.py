@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import lint, pgconn
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import compare
 from ansible_run import ROOT, failure_lines
 from conftest import run_alembic
 from pgcluster import PgCluster
 from test_pipeline import fingerprint, migrate, reports, revision
-
-from module_utils import lint, pgconn
-from module_utils.fingerprint import compare
 
 SQUAWK = str(Path(sys.executable).parent / "squawk")
 NAIVE = "CREATE INDEX idx_lint_status ON meetings (status)"
@@ -117,7 +116,7 @@ def test_the_gate_refuses_an_unapproved_build_and_accepts_it_once_approved(
         pg,
         seeded_db,
         refused,
-        extra={"db_migrate_alembic_config": str(project(tmp_path, "naive")), "db_lint_enforce": True},
+        extra={"db_alembic_config": str(project(tmp_path, "naive")), "db_preflight_lint_enforce": True},
     )
     assert proc.returncode != 0
     line = next(x for x in failure_lines(proc) if x.startswith("lint gate refused"))
@@ -133,7 +132,7 @@ def test_the_gate_refuses_an_unapproved_build_and_accepts_it_once_approved(
         pg,
         seeded_db,
         accepted,
-        extra={"db_migrate_alembic_config": str(project(tmp_path, "approved")), "db_lint_enforce": True},
+        extra={"db_alembic_config": str(project(tmp_path, "approved")), "db_preflight_lint_enforce": True},
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert revision(pg, seeded_db) == "0006"

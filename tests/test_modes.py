@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import activity, pgconn
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import compare
 from ansible_run import ROOT, ansible_env, failure_lines, playbook_cmd, single_host
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
 from test_pipeline import fingerprint, migrate, pipeline_vars, reports, revision
-
-from module_utils import activity, pgconn
-from module_utils.fingerprint import compare
 
 FAST_LOCKS = {
     "db_migrate_lock_timeout": "100ms",

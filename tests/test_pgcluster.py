@@ -21,9 +21,8 @@ def test_wrong_password_is_refused(pg, dbname):
 def test_connect_when_up_waits_for_a_server_that_is_down_but_not_for_a_wrong_password(pg, dbname):
     import time
 
+    from ansible_collections.pgmigrate.pipeline.plugins.module_utils import pgconn
     from pgcluster import free_port
-
-    from module_utils import pgconn
 
     down = pgconn.ConnInfo("127.0.0.1", free_port(), dbname, MIGRATOR, "x", connect_timeout=2)
     started = time.monotonic()

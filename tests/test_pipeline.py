@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.checksums import schema_description
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import (
+    compare,
+    database_fingerprint,
+)
 from ansible_run import ROOT, failure_lines, run_playbook, single_host
 from pgcluster import APP, APP_PASSWORD, MIGRATOR_PASSWORD, PgCluster, free_port
-
-from module_utils.checksums import schema_description
-from module_utils.fingerprint import compare, database_fingerprint
 
 FAILING_REVISION = ROOT / "tests" / "fixtures" / "0006_fails_after_committed_work.py"
 
@@ -98,7 +100,8 @@ def test_migrates_to_head_with_a_verified_backup_and_a_report(pg: PgCluster, see
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "succeeded"
     assert [a["revision"] for a in report["applied"]] == ["0002", "0003", "0004", "0005"]
-    assert set(report["timings"]) == {"preflight", "backup", "migrate", "smoke"}
+    steps = {"preflight", "history", "lock", "window", "lint", "snapshot", "backup", "migrate", "smoke"}
+    assert set(report["timings"]) == steps
     assert "SUCCEEDED" in proc.stdout
 
     backup_dir = tmp_path / "backups"
@@ -129,9 +132,7 @@ def test_a_revision_that_fails_after_committed_work_is_undone_by_the_restore(
 ):
     before = fingerprint(pg, seeded_db)
     dbs_before = databases(pg)
-    proc = migrate(
-        pg, seeded_db, tmp_path, extra={"db_migrate_alembic_config": str(failing_project(tmp_path))}
-    )
+    proc = migrate(pg, seeded_db, tmp_path, extra={"db_alembic_config": str(failing_project(tmp_path))})
     assert proc.returncode != 0
     lines = failure_lines(proc)
     assert any("0006 failed after committing its batches" in line for line in lines), proc.stdout[-4000:]
@@ -268,7 +269,7 @@ def test_a_durable_backup_failing_after_the_migration_is_undone_by_downgrade_in_
         pg,
         seeded_db,
         tmp_path,
-        extra={"db_mode": "offline", "db_backup_pg_bindir": str(bindir), **BATCH_SIZES},
+        extra={"db_preflight_mode": "offline", "db_backup_pg_bindir": str(bindir), **BATCH_SIZES},
     )
 
     assert proc.returncode != 0

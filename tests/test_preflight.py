@@ -4,72 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import ansible_run
 import pytest
-import yaml
-from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
+from ansible_run import failure_lines, host_vars
+from pgcluster import MIGRATOR_PASSWORD, PgCluster
 from test_alembic_runner import db_state, make_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_private(path: Path, data: dict) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f)
-    return path
-
-
-def host_vars(pg: PgCluster, dbname: str, environment: str = "staging") -> dict:
-    """Connection variables of docs/DESIGN.md, without passwords (those go in the private vars file)."""
-    return {
-        "db_environment": environment,
-        "db_host": "127.0.0.1",
-        "db_port": pg.port,
-        "db_name": dbname,
-        "db_migration_user": MIGRATOR,
-        "db_app_user": APP,
-    }
-
-
-def run_playbook(
-    playbook: str, hosts: dict[str, dict], extra: dict, tmp_path: Path, *args: str
-) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook with a YAML inventory; passwords only in a 0600 vars file, never argv."""
-    inventory = write_private(tmp_path / "inventory.yml", {"all": {"hosts": hosts}})
-    secrets = {"db_migration_password": MIGRATOR_PASSWORD, "db_app_password": APP_PASSWORD, **extra}
-    vars_file = write_private(tmp_path / "vars.yml", secrets)
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",  # one failure, one line: what the tests read
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        str(inventory),
-        "-e",
-        f"@{vars_file}",
-        f"tests/playbooks/{playbook}",
-        *args,
-    ]
-    assert MIGRATOR_PASSWORD not in " ".join(cmd)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def failure_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
-    """The 'msg' of each failed task (`fatal: [host]: FAILED! => {json}`)."""
-    return [
-        json.loads(line.split(" => ", 1)[1])["msg"]
-        for line in proc.stdout.splitlines()
-        if line.startswith("fatal: [") and " => " in line
-    ]
+def run_playbook(playbook: str, hosts: dict[str, dict], extra: dict, tmp_path: Path, *args: str):
+    """One of tests/playbooks/ through ansible_run.run_playbook (passwords only in a 0600 vars file)."""
+    extra = {"db_report_dir": str(tmp_path / "reports"), **extra}
+    return ansible_run.run_playbook(f"tests/playbooks/{playbook}", hosts, extra, tmp_path, *args, timeout=300)
 
 
 @pytest.fixture
@@ -83,7 +32,7 @@ def test_role_hands_the_plan_forward(pg: PgCluster, dbname: str, project: Path, 
     proc = run_playbook(
         "preflight.yml",
         {"db1": host_vars(pg, dbname)},
-        {"db_preflight_alembic_config": str(project), "result_dir": str(result_dir)},
+        {"db_alembic_config": str(project), "result_dir": str(result_dir)},
         tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -104,7 +53,7 @@ def test_db_migrate_target_from_the_command_line_is_honoured(
     result_dir = tmp_path / "results"
     result_dir.mkdir()
     extra = {
-        "db_migrate_alembic_config": str(project),
+        "db_alembic_config": str(project),
         "db_migrate_target": "0002",
         "result_dir": str(result_dir),
     }
@@ -118,7 +67,7 @@ def test_mixed_environments_are_refused(pg: PgCluster, dbname: str, project: Pat
         "stage-db": host_vars(pg, dbname, "staging"),
         "prod-db": host_vars(pg, dbname, "production"),
     }
-    proc = run_playbook("preflight.yml", hosts, {"db_preflight_alembic_config": str(project)}, tmp_path)
+    proc = run_playbook("preflight.yml", hosts, {"db_alembic_config": str(project)}, tmp_path)
     assert proc.returncode != 0
     expected = (
         "this play mixes environments (production: prod-db; staging: stage-db): "
@@ -149,7 +98,7 @@ def test_refusals_are_one_line_and_change_nothing(
     proc = run_playbook(
         "preflight.yml",
         {"db1": host_vars(pg, dbname)},
-        {"db_migrate_alembic_config": str(project), **extra},
+        {"db_alembic_config": str(project), **extra},
         tmp_path,
     )
     assert proc.returncode != 0

@@ -5,8 +5,15 @@ import stat
 from datetime import UTC, datetime
 
 import pytest
-
-from module_utils.report import build_report, decide_outcome, summary_lines, write_report
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.report import (
+    build_report,
+    decide_outcome,
+    failure_summary,
+    outcome_of,
+    restore_error_of,
+    summary_lines,
+    write_report,
+)
 
 STEPS = {
     "preflight": {
@@ -119,7 +126,7 @@ def test_a_failed_smoke_check_on_an_untouched_database_is_not_a_failed_restore()
 def test_a_verified_downgrade_is_its_own_outcome_and_names_each_lossy_downgrade():
     assert decide_outcome("smoke", False, False, "", downgraded=True) == "failed-and-downgraded"
     downgrade = {
-        "ok": True,
+        "failed": False,
         "revision_after": "0001",
         "downgraded": [{"revision": "0003", "seconds": 0.2, "note": "lossless"}],
         "lossy": [{"revision": "0002", "note": "LOSSY - drops the column."}],
@@ -141,7 +148,7 @@ def test_an_online_restore_says_writes_since_the_backup_may_be_lost_and_why_no_d
         STEPS,
         preflight={**STEPS["preflight"], "mode": "online"},
         backup={**STEPS["backup"], "manifest": {"started_at": "2026-11-25T10:00:00Z"}},
-        downgrade={"ok": False, "msg": "downgrade of meetings failed: the downgrade of 0003 failed: boom"},
+        downgrade={"failed": True, "msg": "downgrade of meetings failed: the downgrade of 0003 failed: boom"},
     )
     (note,) = _report(steps=steps)["notes"]
     assert note == (
@@ -154,13 +161,73 @@ def test_an_online_restore_says_writes_since_the_backup_may_be_lost_and_why_no_d
 
 
 def test_offline_runs_report_how_long_the_application_had_no_connect():
-    preflight = {
-        **STEPS["preflight"],
-        "mode": "offline",
-        "freeze": {"revoked": ["app"], "frozen_at": "2026-11-25T10:00:00.250000+00:00"},
-        "thaw": {"granted": ["app"], "thawed_at": "2026-11-25T10:04:10.500000+00:00"},
-    }
-    report = _report(outcome="succeeded", steps=dict(STEPS, preflight=preflight))
+    steps = dict(
+        STEPS,
+        preflight={**STEPS["preflight"], "mode": "offline"},
+        freeze={"revoked": ["app"], "frozen_at": "2026-11-25T10:00:00.250000+00:00"},
+        thaw={"granted": ["app"], "thawed_at": "2026-11-25T10:04:10.500000+00:00"},
+    )
+    report = _report(outcome="succeeded", steps=steps)
     assert report["frozen_seconds"] == 250.25
     assert "  application without CONNECT (offline mode) for 250.25s" in summary_lines(report)
     assert _report()["frozen_seconds"] is None  # online: nothing was frozen
+
+
+def test_an_online_run_whose_restore_failed_too_says_so_and_never_that_it_was_restored():
+    steps = dict(
+        STEPS,
+        preflight={**STEPS["preflight"], "mode": "online"},
+        downgrade={"failed": True, "msg": "downgrade of meetings failed: boom"},
+        restore={"failed": True, "msg": "restore of meetings failed: sha256 differs"},
+    )
+    report = _report(outcome="failed-restore-failed", steps=steps)
+    assert report["notes"] == [
+        "online mode: not downgraded (downgrade of meetings failed: boom), and the restore failed too: the "
+        "database may be partly migrated"
+    ]
+    assert report["restore"]["restored_database"] is None
+
+
+def test_the_outcome_comes_from_the_steps_own_results():
+    skipped = {"skipped": True, "changed": False}
+    # A task skipped by its `when` still registers: it did not run, so nothing was touched.
+    assert outcome_of({"snapshot": skipped, "backup": None}, "smoke", False) == "failed-unchanged"
+    assert outcome_of({"snapshot": {"archive": "/b/x.dump"}}, "smoke", False) == "failed-restore-failed"
+    assert outcome_of({"window": {"failed": True, "verdict": "defer"}}, "preflight", False) == "deferred"
+    assert outcome_of({"window": {"failed": True, "verdict": "refuse"}}, "preflight", False) == "refused"
+    downgraded = {"snapshot": {"archive": "/b/x.dump"}, "downgrade": {"revision_after": "0001"}}
+    assert outcome_of(downgraded, "smoke", False) == "failed-and-downgraded"
+    not_downgraded = dict(
+        downgraded, downgrade={"failed": True, "msg": "no"}, restore={"fingerprint_ok": True}
+    )
+    assert outcome_of(not_downgraded, "smoke", False) == "failed-and-restored"
+    restore_failed = dict(not_downgraded, restore={"failed": True, "msg": "restore of x failed: boom"})
+    assert restore_error_of(restore_failed) == "restore of x failed: boom"
+    assert restore_error_of(restore_failed, "backup of x failed: dump") == "backup of x failed: dump"
+    assert (
+        outcome_of(restore_failed, "smoke", False, restore_error_of(restore_failed))
+        == "failed-restore-failed"
+    )
+
+
+def test_the_failure_summary_is_rendered_from_the_report():
+    refused = _report(outcome="refused", failed_step="preflight", error="pre-flight of meetings refused: no")
+    assert failure_summary(refused).splitlines() == [
+        "staging meetings (h1): the preflight step failed: pre-flight of meetings refused: no",
+        "Nothing was changed: the run stopped before migrating.",
+    ]
+    failed = _report(
+        outcome="failed-restore-failed", restore_error="restore of meetings failed: sha256 differs"
+    )
+    lines = failure_summary(failed).splitlines()
+    assert lines[1] == "THE RESTORE FAILED: restore of meetings failed: sha256 differs"
+    assert (
+        lines[3]
+        == "Manual steps: ansible-playbook -i <this inventory> pgmigrate.pipeline.restore -e backup=/b/x.json"
+    )
+    steps = dict(STEPS, restore={"starting_revision": "0001", "forensic_database": "meetings__failed_x"})
+    restored = _report(outcome="failed-and-restored", steps=steps)
+    assert failure_summary(restored).splitlines()[1:] == [
+        "Restored meetings from /b/x.json (verified at revision 0001).",
+        "The failed database is kept as meetings__failed_x for forensics.",
+    ]

@@ -12,16 +12,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from ansible_run import ROOT, run_playbook, single_host
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.window import check, parse_window
+from ansible_run import run_playbook, single_host
 from pgcluster import free_port
 
-from module_utils.window import check, parse_window
-
 WINDOW = {
-    "db_window_days": ["sat", "sun"],
-    "db_window_start": "01:00",
-    "db_window_end": "05:00",
-    "db_window_timezone": "Europe/Berlin",
+    "db_preflight_window_days": ["sat", "sun"],
+    "db_preflight_window_start": "01:00",
+    "db_preflight_window_end": "05:00",
+    "db_preflight_window_timezone": "Europe/Berlin",
 }
 
 
@@ -55,9 +54,9 @@ def test_systemd_units_verify_and_the_next_trigger_falls_inside_the_window(tmp_p
     assert "OnCalendar=Sat,Sun *-*-* 01:05:00 Europe/Berlin" in timer.read_text()
     text = service.read_text()
     assert "/usr/bin/flock --nonblock --conflict-exit-code 0 " + str(tmp_path / "run.lock") in text
-    assert "-e db_window_run_kind=scheduled -e db_mode=offline" in text
+    assert "-e db_preflight_run_kind=scheduled -e db_preflight_mode=offline" in text
     assert f"StandardOutput=append:{tmp_path / 'log' / 'runs.log'}" in text
-    assert str(ROOT / "playbooks" / "migrate.yml") in text
+    assert " pgmigrate.pipeline.migrate " in text
 
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(timer)],
@@ -75,7 +74,7 @@ def test_systemd_units_verify_and_the_next_trigger_falls_inside_the_window(tmp_p
     )
     elapses = re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", calendar.stdout)
     assert len(elapses) == 4
-    win = parse_window(**{k.removeprefix("db_window_"): v for k, v in WINDOW.items()})
+    win = parse_window(**{k.removeprefix("db_preflight_window_"): v for k, v in WINDOW.items()})
     for text in elapses:
         moment = datetime.fromisoformat(text + "+00:00")
         assert check(win, moment)["inside"], text
@@ -93,7 +92,7 @@ def test_cron_entry_checks_the_hour_in_the_window_time_zone_and_is_removed(tmp_p
     (entry,) = [line for line in cron.splitlines() if line.startswith("05 ")]
     guard = 'case "$(TZ=Europe/Berlin date +\\%a\\%H | tr A-Z a-z)" in sat01|sun01)'
     assert entry.startswith(f"05 * * * * root {guard}")
-    assert "flock --nonblock --conflict-exit-code 0" in entry and "db_window_run_kind=scheduled" in entry
+    assert "flock --nonblock --conflict-exit-code 0" in entry and "db_preflight_run_kind=scheduled" in entry
     removed = schedule(tmp_path, "cron", state="absent")
     assert removed.returncode == 0, removed.stdout[-3000:]
     assert not (tmp_path / "cron" / "pg-migrate-staging").exists()
@@ -102,11 +101,77 @@ def test_cron_entry_checks_the_hour_in_the_window_time_zone_and_is_removed(tmp_p
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({"db_window_days": []}, "a schedule needs the maintenance window"),
-        ({"db_window_start": "23:58"}, "passes midnight"),
+        ({"db_preflight_window_days": []}, "a schedule needs the maintenance window"),
+        ({"db_preflight_window_start": "23:58"}, "passes midnight"),
     ],
 )
 def test_a_schedule_that_cannot_fit_the_window_is_refused_and_writes_nothing(tmp_path, extra, expected):
     proc = schedule(tmp_path, "systemd", **extra)
     assert proc.returncode != 0 and expected in proc.stdout
     assert list((tmp_path / "units").iterdir()) == []
+
+
+HOSTILE_DIR = 'it\'s a "dir" $(touch PWNED) `touch PWNED`; touch PWNED'
+
+
+def _stub_ansible_playbook(tmp_path: Path) -> Path:
+    """Stands in for ansible-playbook: records where it ran, its ANSIBLE_CONFIG and its argv, one per line."""
+    stub = tmp_path / "bin" / "ansible-playbook"
+    stub.parent.mkdir()
+    stub.write_text(
+        "#!/bin/sh\n"
+        f"{{ pwd; printf '%s\\n' \"$ANSIBLE_CONFIG\"; printf '%s\\n' \"$@\"; }} > {tmp_path / 'ran.txt'}\n"
+    )
+    stub.chmod(0o755)
+    return stub
+
+
+def test_hostile_values_reach_the_scheduled_command_as_words_never_as_shell(tmp_path: Path):
+    """The cron line is run by /bin/sh: a project directory, time zone, inventory and report directory full of
+    quotes, $(), backquotes and semicolons must arrive as exactly those strings, and nothing else runs."""
+    project = tmp_path / HOSTILE_DIR
+    project.mkdir()
+    inventory = str(tmp_path / "inv'; touch PWNED #.yml")
+    reports = str(tmp_path / "rep $(touch PWNED)")
+    proc = schedule(
+        tmp_path,
+        "cron",
+        schedule_project_dir=str(project),
+        schedule_inventory=inventory,
+        schedule_report_dir=reports,
+        schedule_ansible_playbook=str(_stub_ansible_playbook(tmp_path)),
+        db_preflight_window_timezone="UTC$(touch PWNED)",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    cron = (tmp_path / "cron" / "pg-migrate-staging").read_text()
+    (entry,) = [line for line in cron.splitlines() if line[:1].isdigit()]
+    (tmp_path / "log").mkdir()
+    # The whole line as cron's /bin/sh runs it: the hostile time zone must not run anything either.
+    subprocess.run(["/bin/sh", "-c", entry.split(" root ", 1)[1]], cwd=tmp_path, check=True)
+    # The command the guard starts in the window, run directly (no clock involved).
+    command = entry.split(") cd ", 1)[1].rsplit(";; esac", 1)[0]
+    subprocess.run(["/bin/sh", "-c", "cd " + command.replace("\\%", "%")], cwd=tmp_path, check=True)
+    assert not list(tmp_path.rglob("PWNED"))
+    where, config, *argv = (tmp_path / "ran.txt").read_text().splitlines()
+    assert where == str(project) and config == str(project / "ansible.cfg")
+    assert argv == [
+        "-i",
+        inventory,
+        "pgmigrate.pipeline.migrate",
+        "-e",
+        "db_preflight_run_kind=scheduled",
+        "-e",
+        "db_preflight_mode=offline",
+        "-e",
+        f"db_report_dir={reports}",
+    ]
+
+
+def test_the_service_quotes_every_word_for_systemd(tmp_path: Path):
+    """systemd splits ExecStart itself (quotes as in sh, % and $ special): the hostile words stay whole."""
+    reports = str(tmp_path / "rep 100% $HOME")
+    proc = schedule(tmp_path, "systemd", schedule_report_dir=reports)  # the role runs systemd-analyze verify
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    service = (tmp_path / "units" / "pg-migrate-staging.service").read_text()
+    (exec_start,) = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+    assert "'db_report_dir=" + reports.replace("%", "%%").replace("$", "$$") + "'" in exec_start

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import re
 from pathlib import Path
 
 import psycopg2
@@ -89,9 +90,9 @@ def test_the_application_role_cannot_change_the_schema_or_the_revision(
 
 # Interpolations that hold only code constants (the history table's column lists), never inventory values.
 REVIEWED = {
-    ("module_utils/history.py", "', '.join(columns)"),
-    ("module_utils/history.py", "', '.join(['%s'] * len(columns))"),
-    ("module_utils/history.py", "updates"),
+    ("plugins/module_utils/history.py", "', '.join(columns)"),
+    ("plugins/module_utils/history.py", "', '.join(['%s'] * len(columns))"),
+    ("plugins/module_utils/history.py", "updates"),
 }
 
 
@@ -117,7 +118,7 @@ def _execute_calls_with_interpolated_sql(path: Path) -> list[str]:
 
 def test_module_code_never_pastes_a_value_into_sql():
     """Inventory values reach SQL only as parameters or psycopg2.sql identifiers/literals."""
-    files = sorted((ROOT / "module_utils").glob("*.py")) + sorted((ROOT / "library").glob("*.py"))
+    files = sorted((ROOT / "plugins").rglob("*.py"))
     offenders = [hit for path in files for hit in _execute_calls_with_interpolated_sql(path)]
     assert offenders == []
 
@@ -129,4 +130,26 @@ def test_no_task_runs_a_shell_string():
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip().startswith(("ansible.builtin.shell:", "shell:", "ansible.builtin.raw:")):
                 offenders.append(f"{path.relative_to(ROOT)}:{lineno}")
+    assert offenders == []
+
+
+# Templates whose output a shell (cron's /bin/sh) or systemd's own command-line parser reads, and the lines of
+# each that are command lines. Interpolations there that are not numbers or weekday names the role computes
+# itself must go through the quote filter (tests/test_schedule.py runs them with hostile values).
+SHELL_TEMPLATES = {"roles/schedule/templates/cron_job.j2": "", "roles/schedule/templates/service.j2": "Exec"}
+COMPUTED = {"__schedule_hour", "__schedule_minute", "__schedule_days"}
+
+
+def test_templates_that_produce_shell_quote_every_value():
+    offenders = []
+    for rel, prefix in SHELL_TEMPLATES.items():
+        for lineno, line in enumerate((ROOT / rel).read_text().splitlines(), 1):
+            if not line.startswith(prefix) and not line.startswith("Environment="):
+                continue
+            for expression in re.findall(r"{{(.*?)}}", line):
+                names = set(re.findall(r"\b[a-z_]\w*\b", expression.split("|", 1)[0]))
+                if names <= COMPUTED:
+                    continue
+                if "| quote" not in expression and "map('quote')" not in expression:
+                    offenders.append(f"{rel}:{lineno}: {{{{{expression}}}}}")
     assert offenders == []

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import alembic_runner as ar
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import smoke
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, PgCluster
 from test_alembic_runner import conninfo, make_project
-
-from module_utils import alembic_runner as ar
-from module_utils import smoke
 
 _copies = itertools.count(1)
 

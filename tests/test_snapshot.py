@@ -7,11 +7,10 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import backup, fingerprint, restore
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.pgconn import ConnInfo
 from conftest import run_alembic, seed
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, MIGRATOR_PASSWORD, PgCluster
-
-from module_utils import backup, fingerprint, restore
-from module_utils.pgconn import ConnInfo
 
 
 def conninfo(pg: PgCluster, dbname: str) -> ConnInfo:

@@ -1,6 +1,7 @@
 """Maintenance window, traffic and blockers: pure verdicts, live session checks, and migrate.yml's handling.
 
-The window is judged at a pinned instant (`db_window_now`), so inside/outside does not depend on when the
+The window is judged at a pinned instant (`db_preflight_window_now`), so inside/outside does not depend on
+when the
 suite runs. The playbook cases assert the exit code, the one-line reason, the report's outcome, and that the
 database did not change when the run did not start.
 """
@@ -14,19 +15,27 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils import activity
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import compare
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.window import (
+    WindowError,
+    check,
+    parse_now,
+    parse_window,
+)
 from ansible_run import failure_lines
 from pgcluster import APP, APP_PASSWORD, MIGRATOR, PgCluster
 from test_pipeline import fingerprint, migrate, reports, revision
 
-from module_utils import activity
-from module_utils.fingerprint import compare
-from module_utils.window import WindowError, check, parse_now, parse_window
-
 # Saturday 2026-11-28 03:00 in Berlin (UTC+1) and Wednesday 2026-11-25 12:00 UTC.
 SATURDAY_NIGHT = "2026-11-28T02:00:00Z"
 WEDNESDAY_NOON = "2026-11-25T12:00:00Z"
-WEEKEND = {"db_window_days": ["sat", "sun"], "db_window_start": "01:00", "db_window_end": "05:00"}
-WEEKEND["db_window_timezone"] = "Europe/Berlin"
+WEEKEND = {
+    "db_preflight_window_days": ["sat", "sun"],
+    "db_preflight_window_start": "01:00",
+    "db_preflight_window_end": "05:00",
+}
+WEEKEND["db_preflight_window_timezone"] = "Europe/Berlin"
 
 
 def at(text: str) -> datetime:
@@ -155,7 +164,7 @@ def test_a_scheduled_run_outside_the_window_is_deferred_with_exit_0(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ):
     before = fingerprint(pg, seeded_db)
-    extra = {**WEEKEND, "db_window_now": WEDNESDAY_NOON, "db_window_run_kind": "scheduled"}
+    extra = {**WEEKEND, "db_preflight_window_now": WEDNESDAY_NOON, "db_preflight_run_kind": "scheduled"}
     proc = migrate(pg, seeded_db, tmp_path, extra=extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert any(line.startswith("deferred: outside the maintenance window") for line in failure_lines(proc))
@@ -163,14 +172,14 @@ def test_a_scheduled_run_outside_the_window_is_deferred_with_exit_0(
     assert not list(tmp_path.glob("backups/*.dump"))
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "deferred"
-    assert report["steps"]["preflight"]["window"]["window"]["next_opening"] == "2026-11-28T00:00:00Z"
+    assert report["steps"]["window"]["window"]["next_opening"] == "2026-11-28T00:00:00Z"
 
 
 def test_a_manual_run_outside_the_window_is_refused_and_changes_nothing(
     pg: PgCluster, seeded_db: str, tmp_path: Path
 ):
     before = fingerprint(pg, seeded_db)
-    proc = migrate(pg, seeded_db, tmp_path, extra={**WEEKEND, "db_window_now": WEDNESDAY_NOON})
+    proc = migrate(pg, seeded_db, tmp_path, extra={**WEEKEND, "db_preflight_window_now": WEDNESDAY_NOON})
     assert proc.returncode != 0
     lines = failure_lines(proc)
     assert any(
@@ -188,9 +197,9 @@ def test_a_manual_override_migrates_and_the_terminate_policy_names_whom_it_cut(
     pid = blocker.get_backend_pid()
     extra = {
         **WEEKEND,
-        "db_window_now": WEDNESDAY_NOON,
-        "db_window_ignore": True,
-        "db_window_blocker_policy": "terminate",
+        "db_preflight_window_now": WEDNESDAY_NOON,
+        "db_preflight_ignore_window": True,
+        "db_preflight_blocker_policy": "terminate",
     }
     proc = migrate(pg, seeded_db, tmp_path, extra=extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -198,6 +207,6 @@ def test_a_manual_override_migrates_and_the_terminate_policy_names_whom_it_cut(
     assert "told to ignore it" in proc.stdout
     (report,) = reports(tmp_path / "reports")
     assert report["outcome"] == "succeeded"
-    (cut,) = report["steps"]["preflight"]["window"]["terminated"]
+    (cut,) = report["steps"]["window"]["terminated"]
     assert cut["pid"] == pid and cut["usename"] == APP and cut["terminated"] is True
     blocker.close()

@@ -1,5 +1,5 @@
 """Copies of the shipped Alembic project with one fault-injecting revision, the way a user points
-db_migrate_alembic_config at their own project. The shipped chain is never edited.
+db_alembic_config at their own project. The shipped chain is never edited.
 """
 
 from __future__ import annotations
@@ -83,6 +83,32 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS fault_after_gate")
     op.execute("DROP TABLE IF EXISTS fault_committed")
+""",
+    )
+
+
+def gated_before_ddl(revision: str = "0002", down: str = "0001") -> tuple[str, str]:
+    """A revision that first waits at the test's gate, having done nothing, then takes the ACCESS EXCLUSIVE
+    lock on meetings that any ALTER TABLE needs: the test opens a blocking transaction while it waits, so the
+    lock is taken only after pre-flight has seen a database without blockers. Nothing commits before the DDL.
+    """
+    doc = f"{revision} waits at the test's gate, then alters meetings (an ACCESS EXCLUSIVE lock)."
+    return (
+        f"{revision}_fault_gate_before_ddl.py",
+        _HEADER.format(doc=doc, revision=revision, down=down)
+        + f"""
+
+def upgrade() -> None:
+    # The gate wait is exempt from lock_timeout; the DDL after it runs under the run's own lock_timeout.
+    op.execute("SELECT set_config('fault.lock_timeout', current_setting('lock_timeout'), true)")
+    op.execute("SET LOCAL lock_timeout = 0")
+    op.execute("SELECT pg_advisory_xact_lock{GATE_KEYS}")
+    op.execute("SELECT set_config('lock_timeout', current_setting('fault.lock_timeout'), true)")
+    op.execute("ALTER TABLE meetings ADD COLUMN fault_flag boolean")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE meetings DROP COLUMN IF EXISTS fault_flag")
 """,
     )
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 
 import psycopg2
+from ansible_collections.pgmigrate.pipeline.plugins.module_utils.fingerprint import (
+    compare,
+    database_fingerprint,
+)
 from pgcluster import APP, APP_PASSWORD, PgCluster
-
-from module_utils.fingerprint import compare, database_fingerprint
 
 HISTORY_SCHEMA = "pipeline_history"
 
